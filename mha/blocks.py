@@ -1,0 +1,555 @@
+"""Transformer blocks built on ``MultiHeadAttention``: MLP, DropPath, EncoderLayer/DecoderLayer,
+Encoder/Decoder.
+
+Pre-norm by default (``norm_first=True``), post-norm as an option; weights load from
+``nn.TransformerEncoderLayer``
+/ ``nn.TransformerDecoderLayer`` (``from_torch`` / ``load_torch_state_dict``) and timm ViT ``Block``s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cache import DecoderCache, KVCache
+from .modules import MultiHeadAttention
+
+__all__ = ["MLP", "DropPath", "LayerScale", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+}
+
+
+def _activation(activation: str | Callable[[], nn.Module]) -> nn.Module:
+    if callable(activation) and not isinstance(activation, str):
+        return activation()
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)} or a module class, got {activation!r}"
+        )
+    return ACTIVATIONS[activation]()
+
+
+class MLP(nn.Module):
+    """``fc1 -> activation -> dropout -> fc2 -> dropout`` on ``(..., embed_dim)``.
+
+    Args:
+        embed_dim: input/output size.
+        hidden_dim: inner size (commonly ``4 * embed_dim``).
+        activation: ``"gelu"``, ``"gelu_tanh"``, ``"relu"``, ``"silu"`` or an ``nn.Module`` class.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        hidden_dim: int,
+        *,
+        activation: str | Callable[[], nn.Module] = "gelu",
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dim, hidden_dim, bias=bias)
+        self.act = _activation(activation)
+        self.fc2 = nn.Linear(hidden_dim, embed_dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., embed_dim) -> (..., embed_dim)``."""
+        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a sample's whole residual branch with probability ``p`` (training only), scale
+    the
+    kept ones by ``1 / (1 - p)``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, ...)`` -> same shape."""
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable scale ``gamma * x`` (CaiT), ``gamma`` initialised to ``init``."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+def _check_common(
+    embed_dim: int, num_heads: int, dropout: float, attn_dropout: float, drop_path: float
+) -> None:
+    if not isinstance(embed_dim, int) or embed_dim < 1:
+        raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
+    for name, p in (("dropout", dropout), ("attn_dropout", attn_dropout), ("drop_path", drop_path)):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {p}")
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention + MLP block on ``(batch, seq, embed_dim)``.
+
+    Pre-norm (default): ``x + drop_path(ls1(drop(attn(norm1(x)))))`` then ``x +
+    drop_path(ls2(mlp(norm2(x))))``.
+    Post-norm (``norm_first=False``, the original Transformer): ``norm1(x + drop(attn(x)))``, ``norm2(x +
+    mlp(x))``.
+
+    Args:
+        embed_dim, num_heads: attention sizes.
+        ffn_dim: MLP hidden size (default ``4 * embed_dim``).
+        dropout: dropout on residual branches and inside the MLP; attn_dropout: on attention probabilities.
+        activation: MLP activation.  norm_first: pre-norm.  layer_norm_eps: LayerNorm eps.
+        drop_path: stochastic-depth probability.  bias: biases in projections and MLP.  qk_norm, num_kv_heads,
+        positional: passed to ``MultiHeadAttention``.  layer_scale: initial LayerScale value (``None`` = off).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        ffn_dim: int | None = None,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        activation: str | Callable[[], nn.Module] = "gelu",
+        norm_first: bool = True,
+        layer_norm_eps: float = 1e-5,
+        drop_path: float = 0.0,
+        bias: bool = True,
+        qk_norm: bool = False,
+        num_kv_heads: int | None = None,
+        positional: str | None = None,
+        layer_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        _check_common(embed_dim, num_heads, dropout, attn_dropout, drop_path)
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(
+            embed_dim,
+            num_heads,
+            num_kv_heads=num_kv_heads,
+            bias=bias,
+            dropout=attn_dropout,
+            qk_norm=qk_norm,
+            positional=positional,
+        )
+        self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.mlp = MLP(embed_dim, ffn_dim or 4 * embed_dim, activation=activation, dropout=dropout, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.ls1 = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.ls2 = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        positions: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x`` ``(batch, seq, embed_dim)`` -> ``(x, weights)``; weights ``(batch, heads, seq, seq)`` when
+        ``need_weights``.  Masks follow ``nn.MultiheadAttention`` (bool ``True`` = masked out)."""
+
+        def attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            out, w = self.self_attn(
+                h,
+                key_padding_mask=key_padding_mask,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+                positions=positions,
+                need_weights=need_weights,
+                average_attn_weights=False,
+            )
+            return self.ls1(self.dropout(out)), w
+
+        if self.norm_first:
+            out, weights = attend(self.norm1(x))
+            x = x + self.drop_path(out)
+            x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        else:
+            out, weights = attend(x)
+            x = self.norm1(x + self.drop_path(out))
+            x = self.norm2(x + self.drop_path(self.ls2(self.mlp(x))))
+        return x, weights
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerEncoderLayer) -> EncoderLayer:
+        """Equivalent layer (same outputs) from an ``nn.TransformerEncoderLayer`` (``batch_first`` either
+        way)."""
+        if not isinstance(layer, nn.TransformerEncoderLayer):
+            raise TypeError(f"expected nn.TransformerEncoderLayer, got {type(layer).__name__}")
+        new = cls(**_torch_layer_kwargs(layer))
+        new.load_torch_state_dict(layer.state_dict())
+        ref = layer.linear1.weight
+        return new.to(device=ref.device, dtype=ref.dtype).train(layer.training)
+
+    def load_torch_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Load an ``nn.TransformerEncoderLayer`` state dict (strict)."""
+        self.load_state_dict(_rename(state_dict, _TORCH_LAYER_KEYS))
+
+    @classmethod
+    def from_timm_block(cls, block: nn.Module) -> EncoderLayer:
+        """Equivalent pre-norm layer from a timm ViT ``Block`` (norm1, attn, ls1, norm2, mlp, ls2)."""
+        from .modules import load_timm_attention
+
+        attn = load_timm_attention(block.attn)
+        norm1, fc1 = block.norm1, block.mlp.fc1
+        if not isinstance(norm1, nn.LayerNorm) or not isinstance(
+            getattr(block.mlp, "norm", nn.Identity()), nn.Identity
+        ):
+            raise ValueError("only timm Blocks with LayerNorm norms and a plain Mlp are supported")
+        act = block.mlp.act
+        activation = (
+            (lambda: act)
+            if not isinstance(act, nn.GELU)
+            else ("gelu" if act.approximate == "none" else "gelu_tanh")
+        )
+        gamma = getattr(getattr(block, "ls1", None), "gamma", None)
+        new = cls(
+            attn.embed_dim,
+            attn.num_heads,
+            ffn_dim=fc1.out_features,
+            activation=activation,
+            norm_first=True,
+            layer_norm_eps=norm1.eps,
+            bias=fc1.bias is not None,
+            qk_norm=not isinstance(attn.q_norm, nn.Identity),
+            layer_scale=1.0 if gamma is not None else None,
+        )
+        new.self_attn = attn
+        state = {k: v for k, v in block.state_dict().items() if not k.startswith("attn.")}
+        state = _rename(state, {"mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2."})
+        state.update({"self_attn." + k: v for k, v in attn.state_dict().items()})
+        new.load_state_dict(state)
+        return new.to(device=fc1.weight.device, dtype=fc1.weight.dtype).train(block.training)
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention + cross-attention + MLP block.  Same keyword arguments as ``EncoderLayer``.
+
+    Pre-norm: ``x += sa(norm1(x))``, ``x += ca(norm2(x), memory)``, ``x += mlp(norm3(x))``; post-norm puts
+    each
+    norm after its residual sum (``nn.TransformerDecoderLayer``).  ``positional`` applies to self-attention
+    only.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        ffn_dim: int | None = None,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        activation: str | Callable[[], nn.Module] = "gelu",
+        norm_first: bool = True,
+        layer_norm_eps: float = 1e-5,
+        drop_path: float = 0.0,
+        bias: bool = True,
+        qk_norm: bool = False,
+        num_kv_heads: int | None = None,
+        positional: str | None = None,
+        layer_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        _check_common(embed_dim, num_heads, dropout, attn_dropout, drop_path)
+        self.norm_first = norm_first
+        attn_kwargs = {
+            "num_kv_heads": num_kv_heads,
+            "bias": bias,
+            "dropout": attn_dropout,
+            "qk_norm": qk_norm,
+        }
+        self.self_attn = MultiHeadAttention(embed_dim, num_heads, positional=positional, **attn_kwargs)
+        self.cross_attn = MultiHeadAttention(embed_dim, num_heads, **attn_kwargs)
+        self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.norm3 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.mlp = MLP(embed_dim, ffn_dim or 4 * embed_dim, activation=activation, dropout=dropout, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.ls1 = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.ls2 = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.ls3 = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        *,
+        tgt_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        tgt_is_causal: bool = True,
+        cache: tuple[KVCache, KVCache] | None = None,
+        positions: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x`` ``(batch, tgt_len, E)``, ``memory`` ``(batch, src_len, E)`` -> ``(x, cross_weights)``.
+
+        Masks follow ``nn.TransformerDecoderLayer`` (bool ``True`` = masked out).  ``tgt_is_causal`` (default
+        ``True``) applies the causal mask itself, no ``tgt_mask`` needed.  ``cache``: ``(self KVCache, static
+        cross KVCache)`` for incremental decoding (``x`` holds only the new tokens; ``tgt_key_padding_mask``
+        then
+        covers all decoded tokens).  Cross-attention weights ``(batch, heads, tgt_len, src_len)`` when
+        ``need_weights``.
+        """
+        self_cache, cross_cache = cache if cache is not None else (None, None)
+
+        def self_block(h: Tensor) -> Tensor:
+            out, _ = self.self_attn(
+                h,
+                key_padding_mask=tgt_key_padding_mask,
+                attn_mask=tgt_mask,
+                is_causal=tgt_is_causal,
+                cache=self_cache,
+                positions=positions,
+            )
+            return self.ls1(self.dropout(out))
+
+        def cross_block(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            out, w = self.cross_attn(
+                h,
+                memory,
+                memory,
+                key_padding_mask=memory_key_padding_mask,
+                attn_mask=memory_mask,
+                cache=cross_cache,
+                need_weights=need_weights,
+                average_attn_weights=False,
+            )
+            return self.ls2(self.dropout(out)), w
+
+        if self.norm_first:
+            x = x + self.drop_path(self_block(self.norm1(x)))
+            out, weights = cross_block(self.norm2(x))
+            x = x + self.drop_path(out)
+            x = x + self.drop_path(self.ls3(self.mlp(self.norm3(x))))
+        else:
+            x = self.norm1(x + self.drop_path(self_block(x)))
+            out, weights = cross_block(x)
+            x = self.norm2(x + self.drop_path(out))
+            x = self.norm3(x + self.drop_path(self.ls3(self.mlp(x))))
+        return x, weights
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerDecoderLayer) -> DecoderLayer:
+        """Equivalent layer (same outputs) from an ``nn.TransformerDecoderLayer``.
+
+        Note ``nn.TransformerDecoderLayer`` is not causal unless given ``tgt_mask``/``tgt_is_causal``; pass
+        ``tgt_is_causal`` explicitly to both when comparing.
+        """
+        if not isinstance(layer, nn.TransformerDecoderLayer):
+            raise TypeError(f"expected nn.TransformerDecoderLayer, got {type(layer).__name__}")
+        new = cls(**_torch_layer_kwargs(layer))
+        new.load_torch_state_dict(layer.state_dict())
+        ref = layer.linear1.weight
+        return new.to(device=ref.device, dtype=ref.dtype).train(layer.training)
+
+    def load_torch_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Load an ``nn.TransformerDecoderLayer`` state dict (strict)."""
+        self.load_state_dict(_rename(state_dict, {**_TORCH_LAYER_KEYS, "multihead_attn.": "cross_attn."}))
+
+
+_TORCH_LAYER_KEYS = {"linear1.": "mlp.fc1.", "linear2.": "mlp.fc2."}
+
+
+def _rename(state_dict: Mapping[str, Tensor], prefixes: Mapping[str, str]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in prefixes.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
+
+
+def _torch_layer_kwargs(layer: nn.Module) -> dict:
+    act = layer.activation
+    if act is F.relu or isinstance(act, nn.ReLU):
+        activation: str | Callable[[], nn.Module] = "relu"
+    elif act is F.gelu:
+        activation = "gelu"
+    elif isinstance(act, nn.Module):
+        activation = lambda: act  # noqa: E731
+    else:
+        raise ValueError(f"unsupported activation {act!r}; use relu, gelu or an nn.Module")
+    attn = layer.self_attn
+    bias = attn.in_proj_bias is not None
+    return {
+        "embed_dim": attn.embed_dim,
+        "num_heads": attn.num_heads,
+        "ffn_dim": layer.linear1.out_features,
+        "dropout": layer.dropout.p,
+        "attn_dropout": attn.dropout,
+        "activation": activation,
+        "norm_first": layer.norm_first,
+        "layer_norm_eps": layer.norm1.eps,
+        "bias": bias,
+    }
+
+
+def _drop_path_ramp(num_layers: int, drop_path: float) -> list[float]:
+    """Linear stochastic-depth ramp ``0 .. drop_path`` over the layers (DeiT/timm)."""
+    if num_layers == 1:
+        return [0.0]
+    return [drop_path * i / (num_layers - 1) for i in range(num_layers)]
+
+
+class Encoder(nn.Module):
+    """A stack of ``EncoderLayer`` plus a final LayerNorm (pre-norm only).
+
+    Args:
+        num_layers: depth.  final_norm: final LayerNorm when ``norm_first`` (post-norm stacks end normalised).
+        drop_path: maximum of a linear stochastic-depth ramp over the layers.
+        **layer_kwargs: ``EncoderLayer`` keyword arguments.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        final_norm: bool = True,
+        drop_path: float = 0.0,
+        **layer_kwargs,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        self.layers = nn.ModuleList(
+            EncoderLayer(embed_dim, num_heads, drop_path=p, **layer_kwargs)
+            for p in _drop_path_ramp(num_layers, drop_path)
+        )
+        norm_first = layer_kwargs.get("norm_first", True)
+        eps = layer_kwargs.get("layer_norm_eps", 1e-5)
+        self.norm = nn.LayerNorm(embed_dim, eps=eps) if final_norm and norm_first else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        positions: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        """``(batch, seq, embed_dim)`` -> ``(x, per-layer weights (batch, heads, seq, seq) or None)``."""
+        all_weights: list[Tensor] = []
+        for layer in self.layers:
+            x, w = layer(
+                x,
+                key_padding_mask=key_padding_mask,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+                positions=positions,
+                need_weights=need_weights,
+            )
+            if w is not None:
+                all_weights.append(w)
+        return self.norm(x), (all_weights if need_weights else None)
+
+
+class Decoder(nn.Module):
+    """A stack of ``DecoderLayer`` plus a final LayerNorm (pre-norm only), with incremental decoding.
+
+    ``make_cache()`` returns a ``DecoderCache``; then call ``decoder(x_new, memory, cache=cache)`` with the
+    new
+    tokens ``(batch, 1, E)`` each step: outputs equal the last rows of a full causal forward over the prefix.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        final_norm: bool = True,
+        drop_path: float = 0.0,
+        **layer_kwargs,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        self.layers = nn.ModuleList(
+            DecoderLayer(embed_dim, num_heads, drop_path=p, **layer_kwargs)
+            for p in _drop_path_ramp(num_layers, drop_path)
+        )
+        norm_first = layer_kwargs.get("norm_first", True)
+        eps = layer_kwargs.get("layer_norm_eps", 1e-5)
+        self.norm = nn.LayerNorm(embed_dim, eps=eps) if final_norm and norm_first else nn.Identity()
+
+    def make_cache(self) -> DecoderCache:
+        """A fresh ``DecoderCache`` for this decoder's layers."""
+        return DecoderCache(len(self.layers))
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        *,
+        tgt_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        tgt_is_causal: bool = True,
+        cache: DecoderCache | None = None,
+        positions: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        """``x`` ``(batch, tgt_len, E)``, ``memory`` ``(batch, src_len, E)`` -> ``(x, per-layer
+        cross-attention
+        weights (batch, heads, tgt_len, src_len) or None)``."""
+        if cache is not None and len(cache) != len(self.layers):
+            raise ValueError(
+                f"cache has {len(cache)} layers, decoder has {len(self.layers)}; use make_cache()"
+            )
+        all_weights: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            x, w = layer(
+                x,
+                memory,
+                tgt_mask=tgt_mask,
+                memory_mask=memory_mask,
+                tgt_key_padding_mask=tgt_key_padding_mask,
+                memory_key_padding_mask=memory_key_padding_mask,
+                tgt_is_causal=tgt_is_causal,
+                cache=None if cache is None else cache.layer(i),
+                positions=positions,
+                need_weights=need_weights,
+            )
+            if w is not None:
+                all_weights.append(w)
+        return self.norm(x), (all_weights if need_weights else None)

@@ -1,0 +1,424 @@
+"""``mha.attention``: the one functional entry every module calls, and the table that picks its kernel.
+
+Tensors are ``(batch, heads, seq, head_dim)``; masks follow SDPA (bool ``True`` = may attend, float = added
+to the
+scores).  ``backend="auto"`` walks ``BACKEND_RULES`` top to bottom and uses the first rule that applies; edit
+that
+list (or pass ``backend=...``) to override.  ``last_backend()`` tells which backend the latest call used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .masks import _check_broadcast, _check_mask_dtype, and_masks, causal_mask
+
+__all__ = ["attention", "last_backend", "select_backend", "AttentionCall", "BackendRule", "BACKEND_RULES"]
+
+BACKENDS = ("auto", "sdpa", "cudnn", "flash", "efficient", "math", "flex", "eager")
+_SDPA_BACKENDS = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+_STATE: dict[str, str | None] = {"last": None}
+
+
+def last_backend() -> str | None:
+    """Name of the backend the latest ``attention`` call ran (``None`` before the first call).
+
+    One of ``"sdpa"`` (PyTorch's own SDPA choice, used on CPU), ``"cudnn"``, ``"flash"``, ``"efficient"``,
+    ``"math"``, ``"flex"``, ``"eager"``.  Inside ``torch.compile`` the exact SDPA kernel is chosen at run time
+    from a priority list; the name is then that list joined with ``">"`` (e.g.
+    ``"cudnn>flash>efficient>math"``).
+    """
+    return _STATE["last"]
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """What the backend rules may look at: static facts about one ``attention`` call (no tensor values)."""
+
+    device_type: str
+    dtype: torch.dtype
+    head_dim: int
+    q_len: int
+    k_len: int
+    has_mask: bool  # an arbitrary (non-causal) mask tensor is present
+    is_causal: bool
+    gqa: bool
+    dropout: bool
+    flex: bool  # score_mod or block_mask given
+    return_weights: bool
+
+
+@dataclass(frozen=True)
+class BackendRule:
+    """``backends`` (a priority list; SDPA kernels fall back in that order) is used when ``applies(call)``."""
+
+    reason: str
+    applies: Callable[[AttentionCall], bool]
+    backends: tuple[str, ...]
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+#: Rules for ``backend="auto"``, first match wins.  Measured on H100/H200 (see BENCHMARKS.md): cuDNN SDPA is
+#: the
+#: fastest bf16 kernel on Hopper at long sequences, flash next; at ViT sizes all are within noise.
+BACKEND_RULES: list[BackendRule] = [
+    BackendRule(
+        "weights requested: only the eager path materialises them", lambda c: c.return_weights, ("eager",)
+    ),
+    BackendRule(
+        "score_mod/block_mask with dropout: Flex has no dropout", lambda c: c.flex and c.dropout, ("eager",)
+    ),
+    BackendRule("score_mod/block_mask: FlexAttention", lambda c: c.flex, ("flex",)),
+    BackendRule(
+        "not CUDA: PyTorch's SDPA picks its CPU kernel", lambda c: c.device_type != "cuda", ("sdpa",)
+    ),
+    BackendRule(
+        "CUDA fp16/bf16, head_dim <= 128, no arbitrary mask: cuDNN first",
+        lambda c: c.dtype in _HALF and c.head_dim <= 128 and not c.has_mask,
+        ("cudnn", "flash", "efficient", "math"),
+    ),
+    BackendRule(
+        "CUDA with an arbitrary mask: memory-efficient takes additive masks",
+        lambda c: c.has_mask,
+        ("efficient", "cudnn", "math"),
+    ),
+    BackendRule(
+        "CUDA otherwise (fp32, head_dim > 128)", lambda c: True, ("flash", "efficient", "cudnn", "math")
+    ),
+]
+
+
+def select_backend(call: AttentionCall) -> tuple[str, ...]:
+    """Priority list of backends for ``call`` from the first applicable rule in ``BACKEND_RULES``."""
+    for rule in BACKEND_RULES:
+        if rule.applies(call):
+            return rule.backends
+    return ("sdpa",)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    score_mod: Callable | None = None,
+    block_mask: object | None = None,
+    backend: str = "auto",
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Scaled dot-product attention with a kernel picked per call.
+
+    Args:
+        q: ``(batch, heads, q_len, head_dim)``.
+        k: ``(batch, kv_heads, k_len, head_dim)``; ``kv_heads`` divides ``heads`` (grouped-query attention:
+            query head ``h`` uses key head ``h // (heads // kv_heads)``).
+        v: ``(batch, kv_heads, k_len, v_head_dim)``.
+        mask: SDPA convention, broadcastable to ``(batch, heads, q_len, k_len)``: bool ``True`` = may attend,
+            float = added to the scores.
+        is_causal: causal masking aligned bottom-right: query ``i`` sees keys ``j <= i + k_len - q_len``
+        (with a
+            KV cache the newest query sees every key).  Combines with ``mask``.
+        scale: score scale, default ``1 / sqrt(head_dim)``.
+        dropout_p: dropout on the attention probabilities (pass 0 at inference; modules do this for you).
+        score_mod: FlexAttention score modifier ``(score, b, h, q_idx, kv_idx) -> score``.
+        block_mask: FlexAttention ``BlockMask``.
+        backend: ``"auto"`` (see ``BACKEND_RULES``), ``"sdpa"``, ``"cudnn"``, ``"flash"``, ``"efficient"``,
+            ``"math"``, ``"flex"`` or ``"eager"``.  A forced SDPA backend that cannot run the call raises.
+        return_weights: also return the attention probabilities (uses the eager path).
+
+    Returns:
+        ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
+        ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
+    """
+    _check_inputs(q, k, v, mask, backend, dropout_p, return_weights, score_mod, block_mask)
+    batch, heads, q_len, head_dim = q.shape
+    k_len = k.shape[2]
+    gqa = heads != k.shape[1]
+    empty_rows = mask is not None  # could a query row be fully masked?
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    if is_causal and block_mask is not None:
+        raise ValueError(
+            "is_causal=True with a block_mask: put causality into the block_mask's mask_mod instead"
+        )
+    if is_causal and block_mask is None and (q_len != k_len or mask is not None):
+        # SDPA's is_causal is top-left aligned and cannot be combined with a mask: build the mask ourselves
+        if q_len > 1 or mask is not None:
+            mask = and_masks(mask, causal_mask(q_len, k_len, device=q.device), q.dtype)
+            empty_rows = empty_rows or q_len > k_len
+        is_causal = False  # q_len == 1 sees every key: no mask at all
+
+    keep = None
+    if mask is not None and empty_rows:
+        # a fully masked row would give NaN (and NaN grads): let it attend everywhere, then zero it
+        keep = (
+            mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask > float("-inf")).any(-1, True)
+        )
+        mask = mask | ~keep if mask.dtype == torch.bool else torch.where(keep, mask, 0.0)
+
+    if backend == "auto":
+        call = AttentionCall(
+            device_type=q.device.type,
+            dtype=q.dtype,
+            head_dim=head_dim,
+            q_len=q_len,
+            k_len=k_len,
+            has_mask=mask is not None,
+            is_causal=is_causal,
+            gqa=gqa,
+            dropout=dropout_p > 0.0,
+            flex=score_mod is not None or block_mask is not None,
+            return_weights=return_weights,
+        )
+        order = select_backend(call)
+    else:
+        order = (backend,)
+
+    weights = None
+    if order[0] == "eager":
+        out, weights = _eager(q, k, v, mask, is_causal, scale, dropout_p, score_mod, block_mask)
+        _STATE["last"] = "eager"
+    elif order[0] == "flex":
+        out = _flex(q, k, v, mask, is_causal, scale, score_mod, block_mask, gqa)
+        _STATE["last"] = "flex"
+    else:
+        out = _sdpa(q, k, v, mask, is_causal, scale, dropout_p, gqa, order, forced=backend != "auto")
+
+    if keep is not None:
+        out = torch.where(keep, out, 0.0)
+        if weights is not None:
+            weights = torch.where(keep, weights, 0.0)
+    if return_weights:
+        return out, weights
+    return out
+
+
+def _check_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    backend: str,
+    dropout_p: float,
+    return_weights: bool,
+    score_mod: Callable | None,
+    block_mask: object | None,
+) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(t.shape)}; "
+                "for (batch, seq, embed) inputs use mha.MultiHeadAttention"
+            )
+    if not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError(f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}")
+    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v must share (kv_heads, k_len): k {tuple(k.shape)} vs v {tuple(v.shape)}")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k head_dim differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if mask is not None:
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a Tensor or None, got {type(mask).__name__}")
+        _check_mask_dtype(mask, "mask")
+        _check_broadcast(mask, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), "mask")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if return_weights and backend not in ("auto", "eager"):
+        raise ValueError(f"return_weights=True needs backend 'auto' or 'eager', got {backend!r}")
+    if backend == "flex" and dropout_p > 0.0:
+        raise ValueError("FlexAttention has no dropout: use dropout_p=0 or backend='eager'")
+    if (score_mod is not None or block_mask is not None) and backend not in ("auto", "flex", "eager"):
+        raise ValueError(f"score_mod/block_mask need backend 'auto', 'flex' or 'eager', got {backend!r}")
+
+
+def _expand_kv(x: Tensor, groups: int) -> Tensor:
+    """``(B, Hkv, L, D) -> (B, Hkv * groups, L, D)``, each kv head repeated for its query-head group."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def _eager(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    dropout_p: float,
+    score_mod: Callable | None,
+    block_mask: object | None,
+) -> tuple[Tensor, Tensor]:
+    """Reference path written out: ``softmax(q k^T * scale + mask) v``; returns (out, weights)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = _expand_kv(k, groups), _expand_kv(v, groups)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, Lq, Lk)
+    if score_mod is not None or block_mask is not None:
+        b, h, qi, ki = _index_grid(scores)
+        if score_mod is not None:
+            scores = score_mod(scores, b, h, qi, ki)
+        if block_mask is not None:
+            scores = scores.masked_fill(~block_mask.mask_mod(b, h, qi, ki), float("-inf"))
+    if is_causal:  # only reached with q_len == k_len
+        scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], device=q.device), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    if scores.dtype in _HALF:
+        weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    else:
+        weights = torch.softmax(scores, dim=-1)
+    if score_mod is not None or block_mask is not None:
+        weights = torch.nan_to_num(weights, nan=0.0)  # rows masked out by score_mod/block_mask alone
+    probs = F.dropout(weights, p=dropout_p) if dropout_p > 0.0 else weights
+    return torch.matmul(probs, v), weights
+
+
+def _index_grid(scores: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Broadcastable (b, h, q_idx, kv_idx) index tensors for evaluating Flex mods eagerly."""
+    batch, heads, q_len, k_len = scores.shape
+    dev = scores.device
+    return (
+        torch.arange(batch, device=dev).view(-1, 1, 1, 1),
+        torch.arange(heads, device=dev).view(1, -1, 1, 1),
+        torch.arange(q_len, device=dev).view(1, 1, -1, 1),
+        torch.arange(k_len, device=dev).view(1, 1, 1, -1),
+    )
+
+
+_FLEX_COMPILED: dict[str, Callable] = {}
+
+
+def _flex_fn(device_type: str) -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type != "cuda" or torch.compiler.is_compiling():
+        return flex_attention  # eager flex on CPU (small, tests); inside an outer compile it is traced anyway
+    if "cuda" not in _FLEX_COMPILED:
+        _FLEX_COMPILED["cuda"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX_COMPILED["cuda"]
+
+
+def _flex(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    score_mod: Callable | None,
+    block_mask: object | None,
+    gqa: bool,
+) -> Tensor:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, heads, q_len, _ = q.shape
+    k_len = k.shape[2]
+    user_mod = score_mod
+    if mask is not None:
+        full = mask.expand(batch, heads, q_len, k_len)  # a view; indexed inside the score_mod
+
+        if full.dtype == torch.bool:
+
+            def score_mod(score, b, h, q_idx, kv_idx):  # noqa: F811
+                s = user_mod(score, b, h, q_idx, kv_idx) if user_mod is not None else score
+                return torch.where(full[b, h, q_idx, kv_idx], s, float("-inf"))
+        else:
+
+            def score_mod(score, b, h, q_idx, kv_idx):  # noqa: F811
+                s = user_mod(score, b, h, q_idx, kv_idx) if user_mod is not None else score
+                return s + full[b, h, q_idx, kv_idx]
+
+    if is_causal:  # q_len == k_len here
+
+        def _causal(b, h, q_idx, kv_idx):
+            return q_idx >= kv_idx
+
+        block_mask = create_block_mask(_causal, None, None, q_len, k_len, device=q.device)
+    out = _flex_fn(q.device.type)(
+        q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa
+    )
+    return out
+
+
+def _sdpa(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    dropout_p: float,
+    gqa: bool,
+    order: tuple[str, ...],
+    forced: bool,
+) -> Tensor:
+    if order == ("sdpa",):
+        ctx = nullcontext()
+    else:
+        if len(order) > 1 and not forced and not torch.compiler.is_compiling():
+            order = _first_usable(q, k, v, mask, is_causal, dropout_p, gqa, order)
+        if gqa and order[0] in ("cudnn", "efficient"):  # these kernels take no enable_gqa: repeat k/v heads
+            groups = q.shape[1] // k.shape[1]
+            k, v, gqa = _expand_kv(k, groups), _expand_kv(v, groups), False
+        ctx = sdpa_kernel([_SDPA_BACKENDS[name] for name in order], set_priority=True)
+    _STATE["last"] = ">".join(order)
+    with ctx:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=gqa
+        )
+
+
+def _first_usable(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+    gqa: bool,
+    order: tuple[str, ...],
+) -> tuple[str, ...]:
+    """Eager mode on CUDA: find the first backend of ``order`` that accepts the call, so we know what ran."""
+    checks = {
+        "cudnn": torch.backends.cuda.can_use_cudnn_attention,
+        "flash": torch.backends.cuda.can_use_flash_attention,
+        "efficient": torch.backends.cuda.can_use_efficient_attention,
+    }
+    try:
+        for name in order:
+            if name == "math":
+                return ("math",)
+            kk, vv, g = k, v, gqa
+            if gqa and name in ("cudnn", "efficient"):  # stride-0 head views: enough for a capability check
+                kk = k.as_strided((k.shape[0], q.shape[1], *k.shape[2:]), (k.stride(0), 0, *k.stride()[2:]))
+                vv = v.as_strided((v.shape[0], q.shape[1], *v.shape[2:]), (v.stride(0), 0, *v.stride()[2:]))
+                g = False
+            params = torch.backends.cuda.SDPAParams(q, kk, vv, mask, dropout_p, is_causal, g)
+            if checks[name](params):
+                return (name,)
+    except (RuntimeError, TypeError):  # an older/newer signature: let SDPA's priority list decide
+        return order
+    return order
