@@ -93,7 +93,7 @@ def date_phrase(date: datetime.date, lang: str) -> str:
 
 
 def _split_of(value: int, salt: int, val_fraction: float, test_fraction: float) -> str:
-    """Deterministic split of a value by a salted multiplicative hash: ``"train"``, ``"val"`` or ``"test"``."""
+    """Deterministic split of a value by a salted hash: ``"train"``, ``"val"`` or ``"test"``."""
     h = ((value + 1) * 0x9E3779B1 + salt * 0x85EBCA77) & 0xFFFFFFFF
     h ^= h >> 16
     h = (h * 0x45D9F3B) & 0xFFFFFFFF
@@ -106,8 +106,14 @@ def _split_of(value: int, salt: int, val_fraction: float, test_fraction: float) 
     return "train"
 
 
-def number_split(value: int, *, seed: int = 0, val_fraction: float = 0.05, test_fraction: float = 0.05,
-                 train_only_below: int = 0) -> str:
+def number_split(
+    value: int,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    train_only_below: int = 0,
+) -> str:
     """The split a number belongs to; numbers below ``train_only_below`` (the irregular atoms) are train."""
     if value < train_only_below:
         return "train"
@@ -157,7 +163,9 @@ def number_corpus(
     if not 0.0 <= date_fraction <= 1.0:
         raise ValueError(f"date_fraction must be in [0, 1], got {date_fraction}.")
     if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
-        raise ValueError(f"need 0 < val_fraction, test_fraction and a sum < 1; got {val_fraction}, {test_fraction}.")
+        raise ValueError(
+            f"need 0 < val_fraction, test_fraction and a sum < 1; got {val_fraction}, {test_fraction}."
+        )
     if date_fraction > 0:
         from babel import Locale, UnknownLocaleError
 
@@ -165,7 +173,9 @@ def number_corpus(
             try:
                 Locale.parse(lang)
             except (UnknownLocaleError, ValueError) as err:
-                raise ValueError(f"babel has no locale {lang!r} for dates; set task.data.date_fraction=0.") from err
+                raise ValueError(
+                    f"babel has no locale {lang!r} for dates; set task.data.date_fraction=0."
+                ) from err
 
     rng = random.Random(seed)
     fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction}
@@ -191,8 +201,10 @@ def number_corpus(
         while len(pairs) < size:
             attempts += 1
             if attempts > 50 * size + 1000:
-                raise ValueError(f"cannot draw {size} distinct {split} values with max_digits={max_digits}; "
-                                 "lower the split size or raise max_digits.")
+                raise ValueError(
+                    f"cannot draw {size} distinct {split} values with max_digits={max_digits}; "
+                    "lower the split size or raise max_digits."
+                )
             if date_fraction > 0 and rng.random() < date_fraction:
                 item: Any = draw_date(split)
                 pair = (date_phrase(item, src_lang), date_phrase(item, tgt_lang))
@@ -209,8 +221,15 @@ def number_corpus(
     test = make("test", test_size, distinct=True)
     val = make("val", val_size, distinct=True)
     train = make("train", train_size, distinct=False)
-    return Corpus(train, val, test, src_lang, tgt_lang, name="numbers",
-                  info={"max_digits": max_digits, "date_fraction": date_fraction})
+    return Corpus(
+        train,
+        val,
+        test,
+        src_lang,
+        tgt_lang,
+        name="numbers",
+        info={"max_digits": max_digits, "date_fraction": date_fraction},
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -223,7 +242,7 @@ def _open_text(path: Path):
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
-    """Lines of a UTF-8 text file (``.gz`` read transparently), stripped; empty lines raise with their number."""
+    """Stripped lines of a UTF-8 text file (``.gz`` read as such); empty lines raise with their number."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path} (check task.data paths / root).")
@@ -233,8 +252,10 @@ def read_lines(path: str | os.PathLike) -> list[str]:
         lines.pop()
     for i, line in enumerate(lines, start=1):
         if not line:
-            raise ValueError(f"{path}: line {i} is empty; every line must hold one sentence "
-                             "(remove it from both files of the pair).")
+            raise ValueError(
+                f"{path}: line {i} is empty; every line must hold one sentence "
+                "(remove it from both files of the pair)."
+            )
     return lines
 
 
@@ -247,8 +268,10 @@ def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> l
     """
     src, tgt = read_lines(src_path), read_lines(tgt_path)
     if len(src) != len(tgt):
-        raise ValueError(f"line counts differ: {src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
-                         "the files must be aligned one sentence pair per line.")
+        raise ValueError(
+            f"line counts differ: {src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
+            "the files must be aligned one sentence pair per line."
+        )
     return list(zip(src, tgt, strict=True))
 
 
@@ -260,12 +283,19 @@ def _find_split_file(root: Path, stem: str, lang: str) -> Path:
         if (root / name).is_file():
             return root / name
     have = sorted({p.name.split(".")[1] for p in root.glob(f"{stem}.*") if len(p.name.split(".")) > 1})
-    raise FileNotFoundError(f"{root} has no {stem}.{lang}(.gz); languages found for {stem}: "
-                            f"{', '.join(have) or 'none'}. Check task.data.root and src_lang/tgt_lang.")
+    raise FileNotFoundError(
+        f"{root} has no {stem}.{lang}(.gz); languages found for {stem}: "
+        f"{', '.join(have) or 'none'}. Check task.data.root and src_lang/tgt_lang."
+    )
 
 
-def multi30k_corpus(root: str | os.PathLike | None, src_lang: str = "en", tgt_lang: str = "de",
-                    *, hub_name: str = "bentrevett/multi30k") -> Corpus:
+def multi30k_corpus(
+    root: str | os.PathLike | None,
+    src_lang: str = "en",
+    tgt_lang: str = "de",
+    *,
+    hub_name: str = "bentrevett/multi30k",
+) -> Corpus:
     """Multi30k task 1 (29,000 / 1,014 / 1,000 pairs: train / val / test_2016_flickr).
 
     Args:
@@ -278,8 +308,10 @@ def multi30k_corpus(root: str | os.PathLike | None, src_lang: str = "en", tgt_la
         return _multi30k_from_hub(hub_name, src_lang, tgt_lang)
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"Multi30k folder {root} does not exist; set task.data.root to the folder with "
-                                "train.en.gz, val.en.gz, test_2016_flickr.en.gz, ... (or root=null for the hub).")
+        raise FileNotFoundError(
+            f"Multi30k folder {root} does not exist; set task.data.root to the folder with "
+            "train.en.gz, val.en.gz, test_2016_flickr.en.gz, ... (or root=null for the hub)."
+        )
     splits = {
         split: read_parallel(_find_split_file(root, stem, src_lang), _find_split_file(root, stem, tgt_lang))
         for split, stem in MULTI30K_SPLITS.items()
@@ -293,37 +325,66 @@ def _multi30k_from_hub(hub_name: str, src_lang: str, tgt_lang: str) -> Corpus:
 
         ds = datasets.load_dataset(hub_name)
     except Exception as err:  # offline, hub error: say what to do instead
-        raise ValueError(f"could not load {hub_name!r} from the hub ({type(err).__name__}: {err}); offline, "
-                         "set task.data.root to a local folder of the upstream Multi30k files.") from err
+        raise ValueError(
+            f"could not load {hub_name!r} from the hub ({type(err).__name__}: {err}); offline, "
+            "set task.data.root to a local folder of the upstream Multi30k files."
+        ) from err
     out = {}
     for split, hub_split in (("train", "train"), ("val", "validation"), ("test", "test")):
         cols = ds[hub_split].column_names
         for lang in (src_lang, tgt_lang):
             if lang not in cols:
                 raise ValueError(f"{hub_name} has columns {cols}; no {lang!r}. Use a local root for fr/cs.")
-        out[split] = [(s.strip(), t.strip()) for s, t in zip(ds[hub_split][src_lang], ds[hub_split][tgt_lang],
-                                                             strict=True)]
+        out[split] = [
+            (s.strip(), t.strip())
+            for s, t in zip(ds[hub_split][src_lang], ds[hub_split][tgt_lang], strict=True)
+        ]
     return Corpus(out["train"], out["val"], out["test"], src_lang, tgt_lang, name="multi30k")
 
 
-def files_corpus(train_src: str, train_tgt: str, val_src: str, val_tgt: str, test_src: str, test_tgt: str,
-                 src_lang: str = "src", tgt_lang: str = "tgt") -> Corpus:
+def files_corpus(
+    train_src: str,
+    train_tgt: str,
+    val_src: str,
+    val_tgt: str,
+    test_src: str,
+    test_tgt: str,
+    src_lang: str = "src",
+    tgt_lang: str = "tgt",
+) -> Corpus:
     """Any three pairs of aligned text files (one sentence a line) as train / val / test."""
-    paths = {"train_src": train_src, "train_tgt": train_tgt, "val_src": val_src, "val_tgt": val_tgt,
-             "test_src": test_src, "test_tgt": test_tgt}
+    paths = {
+        "train_src": train_src,
+        "train_tgt": train_tgt,
+        "val_src": val_src,
+        "val_tgt": val_tgt,
+        "test_src": test_src,
+        "test_tgt": test_tgt,
+    }
     missing = [key for key, value in paths.items() if not value]
     if missing:
         raise ValueError(f"data.name=files needs paths for {', '.join(missing)} (task.data.<key>=<path>).")
-    return Corpus(read_parallel(train_src, train_tgt), read_parallel(val_src, val_tgt),
-                  read_parallel(test_src, test_tgt), src_lang, tgt_lang, name="files")
+    return Corpus(
+        read_parallel(train_src, train_tgt),
+        read_parallel(val_src, val_tgt),
+        read_parallel(test_src, test_tgt),
+        src_lang,
+        tgt_lang,
+        name="files",
+    )
 
 
 BIBLE_VAL_BOOKS = ("Judges", "Mark", "Ephesians")
 BIBLE_TEST_BOOKS = ("Ezra", "Daniel", "John", "Romans")
 
 
-def bible_corpus(path: str | os.PathLike, src_lang: str = "en", tgt_lang: str = "es",
-                 val_books: Sequence[str] = BIBLE_VAL_BOOKS, test_books: Sequence[str] = BIBLE_TEST_BOOKS) -> Corpus:
+def bible_corpus(
+    path: str | os.PathLike,
+    src_lang: str = "en",
+    tgt_lang: str = "es",
+    val_books: Sequence[str] = BIBLE_VAL_BOOKS,
+    test_books: Sequence[str] = BIBLE_TEST_BOOKS,
+) -> Corpus:
     """Verse pairs from a JSON-lines file with ``ref`` (``"Genesis 1:1"``) and one key per language.
 
     Whole books are held out (``val_books``, ``test_books``) so no chapter is split across train and test.
@@ -351,7 +412,9 @@ def bible_corpus(path: str | os.PathLike, src_lang: str = "en", tgt_lang: str = 
             splits[split].append((row[src_lang].strip(), row[tgt_lang].strip()))
     unknown = (set(val_books) | set(test_books)) - books
     if unknown:
-        raise ValueError(f"held-out books not in {path}: {sorted(unknown)}; books are named like {sorted(books)[:5]}.")
+        raise ValueError(
+            f"held-out books not in {path}: {sorted(unknown)}; books are named like {sorted(books)[:5]}."
+        )
     return Corpus(splits["train"], splits["val"], splits["test"], src_lang, tgt_lang, name="bible")
 
 
@@ -385,8 +448,13 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, *, min_frequency: int
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIALS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(list(texts), trainer)
     check_specials(tok)
     return tok
@@ -397,7 +465,9 @@ def check_specials(tok) -> None:
     for expected, name in enumerate(SPECIALS):
         got = tok.token_to_id(name)
         if got != expected:
-            raise ValueError(f"tokenizer has {name} at id {got}, expected {expected}; retrain it with this task.")
+            raise ValueError(
+                f"tokenizer has {name} at id {got}, expected {expected}; retrain it with this task."
+            )
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -438,8 +508,14 @@ class PairDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"index": i, "src_ids": self.src_ids[i], "tgt_ids": self.tgt_ids[i],
-                "src": self.pairs[i][0], "ref": self.pairs[i][1], "split": self.split}
+        return {
+            "index": i,
+            "src_ids": self.src_ids[i],
+            "tgt_ids": self.tgt_ids[i],
+            "src": self.pairs[i][0],
+            "ref": self.pairs[i][1],
+            "split": self.split,
+        }
 
     def num_tokens(self, i: int) -> int:
         return max(len(self.src_ids[i]), len(self.tgt_ids[i]) + 1)
@@ -468,17 +544,26 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class TokenBatchSampler(Sampler[list[int]]):
-    """Batches of similar length holding at most ``max_tokens`` padded tokens (per side), reshuffled per epoch.
+    """Length-bucketed batches of at most ``max_tokens`` padded tokens (per side), reshuffled per epoch.
 
     Indices are shuffled, cut into pools of ``pool_batches`` batches, sorted by length inside a pool (less
     padding), batched greedily, and the batches shuffled. Deterministic for a given seed and epoch.
     """
 
-    def __init__(self, lengths: Sequence[int], max_tokens: int, *, shuffle: bool = True, seed: int = 0,
-                 pool_batches: int = 100) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_tokens: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        pool_batches: int = 100,
+    ) -> None:
         if max_tokens < max(lengths, default=1):
-            raise ValueError(f"max_tokens={max_tokens} is below the longest sentence ({max(lengths)} tokens); "
-                             "raise task.data.max_tokens or lower max_len.")
+            raise ValueError(
+                f"max_tokens={max_tokens} is below the longest sentence ({max(lengths)} tokens); "
+                "raise task.data.max_tokens or lower max_len."
+            )
         self.lengths, self.max_tokens, self.shuffle, self.seed = list(lengths), max_tokens, shuffle, seed
         self.pool = pool_batches * max(1, max_tokens // max(1, int(sum(lengths) / max(1, len(lengths)))))
         self.epoch = 0
@@ -540,10 +625,22 @@ class TranslationDataModule(L.LightningDataModule):
         seed: shuffling seed.
     """
 
-    def __init__(self, name: str = "numbers", corpus: dict[str, Any] | None = None, *, vocab_size: int = 1000,
-                 shared_vocab: bool = True, tokenizer: str | None = None, output_dir: str | None = None,
-                 max_len: int = 256, batch_size: int = 128, max_tokens: int | None = None,
-                 eval_batch_size: int = 256, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        name: str = "numbers",
+        corpus: dict[str, Any] | None = None,
+        *,
+        vocab_size: int = 1000,
+        shared_vocab: bool = True,
+        tokenizer: str | None = None,
+        output_dir: str | None = None,
+        max_len: int = 256,
+        batch_size: int = 128,
+        max_tokens: int | None = None,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if name not in CORPORA:
             raise ValueError(f"unknown corpus {name!r}; pick task.data.name from {', '.join(CORPORA)}.")
@@ -589,15 +686,19 @@ class TranslationDataModule(L.LightningDataModule):
         source = Path(self.tokenizer_path) if self.tokenizer_path else None
         if source is not None and source.is_file():  # a tokenizer.json file: shared vocabulary
             if not self.shared_vocab:
-                raise ValueError(f"task.data.tokenizer={source} is one file but shared_vocab=false; give the folder "
-                                 "holding tokenizer_src.json and tokenizer_tgt.json.")
+                raise ValueError(
+                    f"task.data.tokenizer={source} is one file but shared_vocab=false; give the folder "
+                    "holding tokenizer_src.json and tokenizer_tgt.json."
+                )
             files = {"shared": source}
         elif source is not None:
             files = self.tokenizer_files(source)
             missing = [str(p) for p in files.values() if not p.is_file()]
             if missing:
                 raise FileNotFoundError(f"task.data.tokenizer={source}: missing {', '.join(missing)}.")
-        elif self.output_dir is not None and all(p.is_file() for p in self.tokenizer_files(self.output_dir).values()):
+        elif self.output_dir is not None and all(
+            p.is_file() for p in self.tokenizer_files(self.output_dir).values()
+        ):
             files = self.tokenizer_files(self.output_dir)  # resuming in the same run folder
         else:
             files = {}
@@ -609,8 +710,10 @@ class TranslationDataModule(L.LightningDataModule):
             if self.shared_vocab:
                 loaded = {"shared": train_tokenizer([t for p in train for t in p], self.vocab_size)}
             else:
-                loaded = {"src": train_tokenizer([p[0] for p in train], self.vocab_size),
-                          "tgt": train_tokenizer([p[1] for p in train], self.vocab_size)}
+                loaded = {
+                    "src": train_tokenizer([p[0] for p in train], self.vocab_size),
+                    "tgt": train_tokenizer([p[1] for p in train], self.vocab_size),
+                }
         if self.shared_vocab:
             self.src_tokenizer = self.tgt_tokenizer = loaded["shared"]
         else:
@@ -623,8 +726,11 @@ class TranslationDataModule(L.LightningDataModule):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         files = self.tokenizer_files(folder)
-        toks = {"shared": self.src_tokenizer} if self.shared_vocab else {"src": self.src_tokenizer,
-                                                                          "tgt": self.tgt_tokenizer}
+        toks = (
+            {"shared": self.src_tokenizer}
+            if self.shared_vocab
+            else {"src": self.src_tokenizer, "tgt": self.tgt_tokenizer}
+        )
         for key, path in files.items():
             toks[key].save(str(path))
         return files
@@ -645,13 +751,27 @@ class TranslationDataModule(L.LightningDataModule):
         self.prepare()
         ds = self.datasets["train"]
         if self.max_tokens:
-            sampler = TokenBatchSampler([ds.num_tokens(i) for i in range(len(ds))], self.max_tokens, seed=self.seed)
-            return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
-                              persistent_workers=self.num_workers > 0)
+            sampler = TokenBatchSampler(
+                [ds.num_tokens(i) for i in range(len(ds))], self.max_tokens, seed=self.seed
+            )
+            return DataLoader(
+                ds,
+                batch_sampler=sampler,
+                collate_fn=collate,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, drop_last=len(ds) > self.batch_size,
-                          collate_fn=collate, num_workers=self.num_workers, generator=gen,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(ds) > self.batch_size,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            generator=gen,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def _eval_loader(self, split: str) -> DataLoader:
         self.prepare()

@@ -17,7 +17,11 @@ _SEP = 0  # NUL never occurs in text
 
 def _to_bytes(texts: Sequence[str]) -> torch.Tensor:
     data = b"".join(t.encode("utf-8") + b"\x00" for t in texts)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone() if data else torch.zeros(0, dtype=torch.uint8)
+    return (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+        if data
+        else torch.zeros(0, dtype=torch.uint8)
+    )
 
 
 def _from_bytes(chunks: list[torch.Tensor] | torch.Tensor) -> list[str]:
@@ -97,8 +101,9 @@ class ExactMatch(Metric):
     def update(self, hypotheses: Sequence[str], references: Sequence[str]) -> None:
         if len(hypotheses) != len(references):
             raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references.")
-        self.correct += sum(normalize_space(h) == normalize_space(r) for h, r in zip(hypotheses, references,
-                                                                                      strict=True))
+        self.correct += sum(
+            normalize_space(h) == normalize_space(r) for h, r in zip(hypotheses, references, strict=True)
+        )
         self.total += len(references)
 
     def compute(self) -> torch.Tensor:

@@ -37,31 +37,64 @@ class Seq2SeqTransformer(nn.Module):
         num_kv_heads: grouped-query heads; qk_norm: normalise q and k; drop_path: stochastic depth (max).
     """
 
-    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, *, embed_dim: int = 256, num_heads: int = 4,
-                 encoder_layers: int = 3, decoder_layers: int = 3, ffn_dim: int | None = None,
-                 dropout: float = 0.1, attn_dropout: float = 0.0, activation: str = "gelu",
-                 norm_first: bool = True, positional: str = "sinusoidal", max_positions: int = 512,
-                 share_embeddings: bool = True, tie_output: bool = True, num_kv_heads: int | None = None,
-                 qk_norm: bool = False, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        *,
+        embed_dim: int = 256,
+        num_heads: int = 4,
+        encoder_layers: int = 3,
+        decoder_layers: int = 3,
+        ffn_dim: int | None = None,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        activation: str = "gelu",
+        norm_first: bool = True,
+        positional: str = "sinusoidal",
+        max_positions: int = 512,
+        share_embeddings: bool = True,
+        tie_output: bool = True,
+        num_kv_heads: int | None = None,
+        qk_norm: bool = False,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         if positional not in POSITIONALS:
             raise ValueError(f"positional={positional!r}; pick one of {', '.join(POSITIONALS)}.")
         if share_embeddings and src_vocab_size != tgt_vocab_size:
-            raise ValueError(f"share_embeddings needs one vocabulary, got sizes {src_vocab_size} and "
-                             f"{tgt_vocab_size}; set model.share_embeddings=false or data.shared_vocab=true.")
+            raise ValueError(
+                f"share_embeddings needs one vocabulary, got sizes {src_vocab_size} and "
+                f"{tgt_vocab_size}; set model.share_embeddings=false or data.shared_vocab=true."
+            )
         self.config: dict[str, Any] = {
-            "src_vocab_size": src_vocab_size, "tgt_vocab_size": tgt_vocab_size, "embed_dim": embed_dim,
-            "num_heads": num_heads, "encoder_layers": encoder_layers, "decoder_layers": decoder_layers,
-            "ffn_dim": ffn_dim, "dropout": dropout, "attn_dropout": attn_dropout, "activation": activation,
-            "norm_first": norm_first, "positional": positional, "max_positions": max_positions,
-            "share_embeddings": share_embeddings, "tie_output": tie_output, "num_kv_heads": num_kv_heads,
-            "qk_norm": qk_norm, "drop_path": drop_path,
+            "src_vocab_size": src_vocab_size,
+            "tgt_vocab_size": tgt_vocab_size,
+            "embed_dim": embed_dim,
+            "num_heads": num_heads,
+            "encoder_layers": encoder_layers,
+            "decoder_layers": decoder_layers,
+            "ffn_dim": ffn_dim,
+            "dropout": dropout,
+            "attn_dropout": attn_dropout,
+            "activation": activation,
+            "norm_first": norm_first,
+            "positional": positional,
+            "max_positions": max_positions,
+            "share_embeddings": share_embeddings,
+            "tie_output": tie_output,
+            "num_kv_heads": num_kv_heads,
+            "qk_norm": qk_norm,
+            "drop_path": drop_path,
         }
         self.embed_dim, self.pad_id, self.bos_id, self.eos_id = embed_dim, PAD_ID, BOS_ID, EOS_ID
         self.max_positions = max_positions if positional == "learned" else None
         self.src_embed = nn.Embedding(src_vocab_size, embed_dim, padding_idx=PAD_ID)
-        self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab_size, embed_dim,
-                                                                               padding_idx=PAD_ID)
+        self.tgt_embed = (
+            self.src_embed
+            if share_embeddings
+            else nn.Embedding(tgt_vocab_size, embed_dim, padding_idx=PAD_ID)
+        )
         for emb in {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values():
             nn.init.normal_(emb.weight, std=embed_dim**-0.5)  # times sqrt(E) in forward: unit scale
             with torch.no_grad():
@@ -73,8 +106,15 @@ class Seq2SeqTransformer(nn.Module):
             self.src_pos = mha.LearnedPositionalEmbedding(max_positions, embed_dim)
             self.tgt_pos = mha.LearnedPositionalEmbedding(max_positions, embed_dim)
         self.embed_dropout = nn.Dropout(dropout)
-        layer_kwargs = dict(ffn_dim=ffn_dim, dropout=dropout, attn_dropout=attn_dropout, activation=activation,
-                            norm_first=norm_first, num_kv_heads=num_kv_heads, qk_norm=qk_norm)
+        layer_kwargs = dict(
+            ffn_dim=ffn_dim,
+            dropout=dropout,
+            attn_dropout=attn_dropout,
+            activation=activation,
+            norm_first=norm_first,
+            num_kv_heads=num_kv_heads,
+            qk_norm=qk_norm,
+        )
         self.encoder = mha.Encoder(encoder_layers, embed_dim, num_heads, drop_path=drop_path, **layer_kwargs)
         self.decoder = mha.Decoder(decoder_layers, embed_dim, num_heads, **layer_kwargs)
         self.tie_output = tie_output
@@ -93,8 +133,10 @@ class Seq2SeqTransformer(nn.Module):
     def _embed(self, ids: Tensor, table: nn.Embedding, pos: nn.Module, offset: int = 0) -> Tensor:
         """(batch, seq) ids -> (batch, seq, embed) scaled embeddings plus positions from ``offset``."""
         if self.max_positions is not None and offset + ids.shape[1] > self.max_positions:
-            raise ValueError(f"sequence reaches position {offset + ids.shape[1]} but model.max_positions="
-                             f"{self.max_positions}; raise it or cut inputs with data.max_len.")
+            raise ValueError(
+                f"sequence reaches position {offset + ids.shape[1]} but model.max_positions="
+                f"{self.max_positions}; raise it or cut inputs with data.max_len."
+            )
         x = table(ids) * math.sqrt(self.embed_dim)
         return self.embed_dropout(pos(x, offset=offset))
 
@@ -111,8 +153,15 @@ class Seq2SeqTransformer(nn.Module):
             return F.linear(hidden, self.tgt_embed.weight, self.output_bias)
         return self.output(hidden)
 
-    def decode(self, tgt_in: Tensor, memory: Tensor, memory_pad: Tensor, *, cache: mha.KVCache | Any = None,
-               need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+    def decode(
+        self,
+        tgt_in: Tensor,
+        memory: Tensor,
+        memory_pad: Tensor,
+        *,
+        cache: mha.KVCache | Any = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[Tensor] | None]:
         """Decoder logits for target ids ``tgt_in`` (batch, tgt_len) (bos-prefixed).
 
         With ``cache`` (from :meth:`make_cache`), ``tgt_in`` holds only the new tokens; positions continue
@@ -125,8 +174,14 @@ class Seq2SeqTransformer(nn.Module):
         offset = cache.seq_len if cache is not None else 0
         x = self._embed(tgt_in, self.tgt_embed, self.tgt_pos, offset=offset)
         # targets are right-padded, so under the causal mask no real token sees a pad key: no padding mask
-        h, weights = self.decoder(x, memory, memory_key_padding_mask=memory_pad, tgt_is_causal=True, cache=cache,
-                                  need_weights=need_weights)
+        h, weights = self.decoder(
+            x,
+            memory,
+            memory_key_padding_mask=memory_pad,
+            tgt_is_causal=True,
+            cache=cache,
+            need_weights=need_weights,
+        )
         return self.logits(h), weights
 
     def make_cache(self) -> Any:

@@ -35,7 +35,7 @@ def length_penalty(length: int, alpha: float, style: str = "gnmt") -> float:
 
 
 def max_lengths(src: Tensor, pad_id: int, max_len_a: float, max_len_b: int, cap: int | None = None) -> Tensor:
-    """(batch,) length limits ``int(a * src_len + b)`` (at least 1, at most ``cap``) from padded source ids."""
+    """(batch,) limits ``int(a * src_len + b)`` (at least 1, at most ``cap``) from padded source ids."""
     src_len = src.ne(pad_id).sum(dim=1).float()
     limits = (max_len_a * src_len + max_len_b).long().clamp(min=1)
     return limits.clamp(max=cap) if cap is not None else limits
@@ -58,8 +58,9 @@ def _position_cap(model) -> int | None:
 
 
 @torch.no_grad()
-def greedy_search(model, src: Tensor, *, max_len_a: float = 1.5, max_len_b: int = 10,
-                  use_cache: bool = True) -> list[list[int]]:
+def greedy_search(
+    model, src: Tensor, *, max_len_a: float = 1.5, max_len_b: int = 10, use_cache: bool = True
+) -> list[list[int]]:
     """Greedy decoding of a batch of padded source ids (batch, src_len).
 
     Returns one list of target ids per sentence, without bos/eos; a sentence stops at EOS or its limit.
@@ -94,8 +95,17 @@ def greedy_search(model, src: Tensor, *, max_len_a: float = 1.5, max_len_b: int 
 
 
 @torch.no_grad()
-def beam_search(model, src: Tensor, *, beam_size: int = 5, alpha: float = 0.6, lp_style: str = "gnmt",
-                max_len_a: float = 1.5, max_len_b: int = 10, use_cache: bool = True) -> list[list[int]]:
+def beam_search(
+    model,
+    src: Tensor,
+    *,
+    beam_size: int = 5,
+    alpha: float = 0.6,
+    lp_style: str = "gnmt",
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    use_cache: bool = True,
+) -> list[list[int]]:
     """Beam search over a batch of padded source ids (batch, src_len).
 
     Each step scores every beam's continuations, keeps the ``2 * beam_size`` best, finalises those of the
@@ -166,15 +176,32 @@ def beam_search(model, src: Tensor, *, beam_size: int = 5, alpha: float = 0.6, l
     return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finished]
 
 
-def translate_ids(model, src: Tensor, *, beam_size: int = 1, alpha: float = 0.6, lp_style: str = "gnmt",
-                  max_len_a: float = 1.5, max_len_b: int = 10, use_cache: bool = True) -> list[list[int]]:
+def translate_ids(
+    model,
+    src: Tensor,
+    *,
+    beam_size: int = 1,
+    alpha: float = 0.6,
+    lp_style: str = "gnmt",
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    use_cache: bool = True,
+) -> list[list[int]]:
     """Greedy when ``beam_size == 1``, else beam search; the model is put in eval mode for the call."""
     was_training = model.training
     model.eval()
     try:
         if beam_size == 1:
             return greedy_search(model, src, max_len_a=max_len_a, max_len_b=max_len_b, use_cache=use_cache)
-        return beam_search(model, src, beam_size=beam_size, alpha=alpha, lp_style=lp_style, max_len_a=max_len_a,
-                           max_len_b=max_len_b, use_cache=use_cache)
+        return beam_search(
+            model,
+            src,
+            beam_size=beam_size,
+            alpha=alpha,
+            lp_style=lp_style,
+            max_len_a=max_len_a,
+            max_len_b=max_len_b,
+            use_cache=use_cache,
+        )
     finally:
         model.train(was_training)

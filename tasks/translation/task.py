@@ -53,24 +53,35 @@ class TranslationTask(Task):
     monitor = "bleu"
     monitor_mode = "max"
 
-    def __init__(self, data: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
-                 decode: dict[str, Any] | None = None, label_smoothing: float = 0.1, monitor: str = "bleu",
-                 num_attention_plots: int = 4, num_samples: int = 50) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any] | None = None,
+        model: dict[str, Any] | None = None,
+        decode: dict[str, Any] | None = None,
+        label_smoothing: float = 0.1,
+        monitor: str = "bleu",
+        num_attention_plots: int = 4,
+        num_samples: int = 50,
+    ) -> None:
         super().__init__(data, model)
         unknown = set(decode or {}) - set(DEFAULT_DECODE)
         if unknown:
             raise ValueError(f"unknown task.decode keys {sorted(unknown)}; known: {sorted(DEFAULT_DECODE)}.")
         self.decode_cfg = {**DEFAULT_DECODE, **(decode or {})}
         if self.decode_cfg["lp_style"] not in LENGTH_PENALTIES:
-            raise ValueError(f"task.decode.lp_style={self.decode_cfg['lp_style']!r}; pick one of "
-                             f"{', '.join(LENGTH_PENALTIES)}.")
+            raise ValueError(
+                f"task.decode.lp_style={self.decode_cfg['lp_style']!r}; pick one of "
+                f"{', '.join(LENGTH_PENALTIES)}."
+            )
         if int(self.decode_cfg["beam_size"]) < 1:
             raise ValueError(f"task.decode.beam_size must be >= 1, got {self.decode_cfg['beam_size']}.")
         if monitor not in ("bleu", "chrf", "exact_match", "loss"):
             raise ValueError(f"task.monitor={monitor!r}; pick bleu, chrf, exact_match or loss.")
         if monitor != "loss" and int(self.decode_cfg["val_sentences"]) <= 0:
-            raise ValueError(f"task.monitor={monitor} needs decoded validation sentences; set "
-                             "task.decode.val_sentences > 0 or task.monitor=loss.")
+            raise ValueError(
+                f"task.monitor={monitor} needs decoded validation sentences; set "
+                "task.decode.val_sentences > 0 or task.monitor=loss."
+            )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
         self.monitor = monitor
@@ -99,15 +110,20 @@ class TranslationTask(Task):
         return model
 
     def build_metrics(self) -> MetricCollection:
-        return MetricCollection({"bleu": SacreBLEU(), "chrf": ChrF(), "exact_match": ExactMatch()},
-                                compute_groups=False)
+        return MetricCollection(
+            {"bleu": SacreBLEU(), "chrf": ChrF(), "exact_match": ExactMatch()}, compute_groups=False
+        )
 
     # -- steps -------------------------------------------------------------------------------------------
 
     def _loss(self, model: nn.Module, batch: dict[str, Any], label_smoothing: float) -> torch.Tensor:
         logits = model(batch["src"], batch["tgt_in"])  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch["tgt_out"].flatten(), ignore_index=PAD_ID,
-                               label_smoothing=label_smoothing)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(),
+            batch["tgt_out"].flatten(),
+            ignore_index=PAD_ID,
+            label_smoothing=label_smoothing,
+        )
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return self._loss(model, batch, self.label_smoothing)
@@ -115,9 +131,16 @@ class TranslationTask(Task):
     def translate_batch(self, model: nn.Module, src: torch.Tensor, beam_size: int) -> list[str]:
         """Detokenized translations of padded source ids (batch, src_len)."""
         cfg = self.decode_cfg
-        ids = translate_ids(model, src, beam_size=beam_size, alpha=float(cfg["alpha"]), lp_style=cfg["lp_style"],
-                            max_len_a=float(cfg["max_len_a"]), max_len_b=int(cfg["max_len_b"]),
-                            use_cache=bool(cfg["use_cache"]))
+        ids = translate_ids(
+            model,
+            src,
+            beam_size=beam_size,
+            alpha=float(cfg["alpha"]),
+            lp_style=cfg["lp_style"],
+            max_len_a=float(cfg["max_len_a"]),
+            max_len_b=int(cfg["max_len_b"]),
+            use_cache=bool(cfg["use_cache"]),
+        )
         return decode(self._dm().tgt_tokenizer, ids)
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any], metrics: MetricCollection) -> torch.Tensor:
@@ -171,7 +194,9 @@ class TranslationTask(Task):
         for start in range(0, len(missing), dm.eval_batch_size):  # test was not run: decode the samples now
             idx = missing[start : start + dm.eval_batch_size]
             src = pad_batch([dm.datasets["test"].src_ids[i] for i in idx]).to(device)
-            for i, hyp in zip(idx, self.translate_batch(model, src, int(self.decode_cfg["beam_size"])), strict=True):
+            for i, hyp in zip(
+                idx, self.translate_batch(model, src, int(self.decode_cfg["beam_size"])), strict=True
+            ):
                 self._test_hyps[i] = hyp
         done = sorted(self._test_hyps)
         with open(run_dir / "samples.tsv", "w", newline="", encoding="utf-8") as f:
@@ -182,14 +207,19 @@ class TranslationTask(Task):
         with open(run_dir / "samples.txt", "w", encoding="utf-8") as f:
             for i in done[: self.num_samples]:
                 mark = "=" if " ".join(self._test_hyps[i].split()) == " ".join(test[i][1].split()) else "x"
-                f.write(f"[{i}] {mark}\n  SRC: {test[i][0]}\n  REF: {test[i][1]}\n  HYP: {self._test_hyps[i]}\n\n")
+                f.write(
+                    f"[{i}] {mark}\n  SRC: {test[i][0]}\n  REF: {test[i][1]}\n  HYP: {self._test_hyps[i]}\n\n"
+                )
         plot_dir = run_dir / "plots"
         for k, i in enumerate(done[: self.num_attention_plots]):
-            plot_cross_attention(model, dm, test[i][0], self._test_hyps[i], plot_dir / f"cross_attention_{k}.png")
+            plot_cross_attention(
+                model, dm, test[i][0], self._test_hyps[i], plot_dir / f"cross_attention_{k}.png"
+            )
 
 
-def write_model_file(folder: str | Path, model: Seq2SeqTransformer, dm: TranslationDataModule,
-                     decode_cfg: dict[str, Any]) -> Path:
+def write_model_file(
+    folder: str | Path, model: Seq2SeqTransformer, dm: TranslationDataModule, decode_cfg: dict[str, Any]
+) -> Path:
     """Write ``translation.json``: model kwargs, languages, vocabulary layout and decode settings."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -226,8 +256,9 @@ def cross_attention(model: Seq2SeqTransformer, src_ids: list[int], hyp_ids: list
         model.train(was_training)
 
 
-def plot_cross_attention(model: Seq2SeqTransformer, dm: TranslationDataModule, source: str, hypothesis: str,
-                         path: Path) -> Path:
+def plot_cross_attention(
+    model: Seq2SeqTransformer, dm: TranslationDataModule, source: str, hypothesis: str, path: Path
+) -> Path:
     """Save a heat map of the last decoder layer's cross-attention (target rows x source columns)."""
     import matplotlib
 
@@ -240,7 +271,9 @@ def plot_cross_attention(model: Seq2SeqTransformer, dm: TranslationDataModule, s
     weights = cross_attention(model, src_ids, hyp_ids).numpy()
     src_labels = [_piece(dm.src_tokenizer, i) for i in src_ids]
     tgt_labels = [_piece(dm.tgt_tokenizer, i) for i in hyp_ids] + ["</s>"]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(src_labels) + 2), max(3.0, 0.4 * len(tgt_labels) + 1.5)))
+    fig, ax = plt.subplots(
+        figsize=(max(4.0, 0.45 * len(src_labels) + 2), max(3.0, 0.4 * len(tgt_labels) + 1.5))
+    )
     ax.imshow(weights, cmap="viridis", aspect="auto", vmin=0.0)
     ax.set_xticks(range(len(src_labels)), src_labels, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(tgt_labels)), tgt_labels, fontsize=8)
