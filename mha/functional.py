@@ -59,6 +59,7 @@ class AttentionCall:
     dropout: bool
     flex: bool  # score_mod or block_mask given
     return_weights: bool
+    requires_grad: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ BACKEND_RULES: list[BackendRule] = [
     ),
     BackendRule(
         "score_mod/block_mask with dropout: Flex has no dropout", lambda c: c.flex and c.dropout, ("eager",)
+    ),
+    BackendRule(
+        "score_mod/block_mask needing grads on CPU: Flex has no CPU backward",
+        lambda c: c.flex and c.requires_grad and c.device_type == "cpu",
+        ("eager",),
     ),
     BackendRule("score_mod/block_mask: FlexAttention", lambda c: c.flex, ("flex",)),
     BackendRule(
@@ -187,6 +193,7 @@ def attention(
             dropout=dropout_p > 0.0,
             flex=score_mod is not None or block_mask is not None,
             return_weights=return_weights,
+            requires_grad=torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad),
         )
         order = select_backend(call)
     else:

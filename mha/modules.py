@@ -422,14 +422,19 @@ def load_timm_attention(
         state = dict(module_or_state_dict)
         if num_heads is None:
             raise ValueError("num_heads is required when loading timm Attention from a state dict")
+    if any(name.startswith("gate.") for name in state):
+        raise ValueError("timm Attention with gated=True is not supported")
     if "qkv.weight" not in state or "proj.weight" not in state:
         raise ValueError(
             f"not a timm Attention state dict (need qkv.weight and proj.weight), keys: {list(state)}"
         )
     weight = state["qkv.weight"]
     embed_dim = weight.shape[1]
-    if weight.shape[0] != 3 * embed_dim:
-        raise ValueError(f"qkv.weight must be (3*dim, dim), got {tuple(weight.shape)}")
+    if weight.shape[0] != 3 * embed_dim or tuple(state["proj.weight"].shape) != (embed_dim, embed_dim):
+        raise ValueError(
+            f"need qkv.weight (3*dim, dim) and proj.weight (dim, dim) (no attn_head_dim/dim_out), got "
+            f"{tuple(weight.shape)} and {tuple(state['proj.weight'].shape)}"
+        )
     qk_norm = "q_norm.weight" in state
     new = MultiHeadAttention(
         embed_dim,

@@ -126,14 +126,16 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate ``x`` ``(batch, heads, seq, head_dim)`` by ``positions`` ``(seq,)`` or ``(batch, seq)``."""
-        angles = positions.to(torch.float32)[..., None] * self.inv_freq.to(x.device)  # (..., seq, D/2)
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32  # half inputs rotate in fp32
+        angles = positions.to(work)[..., None] * self.inv_freq.to(device=x.device, dtype=work)  # (..., seq, D/2)
         if angles.dim() == 3:
             angles = angles[:, None]  # (B, 1, seq, D/2): broadcast over heads
         cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
         sin = torch.cat((angles.sin(), angles.sin()), dim=-1)
-        x1, x2 = x.float().chunk(2, dim=-1)
+        xw = x.to(work)
+        x1, x2 = xw.chunk(2, dim=-1)
         rotated = torch.cat((-x2, x1), dim=-1)
-        return (x.float() * cos + rotated * sin).to(x.dtype)
+        return (xw * cos + rotated * sin).to(x.dtype)
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
