@@ -127,7 +127,7 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate ``x`` ``(batch, heads, seq, head_dim)`` by ``positions`` ``(seq,)`` or ``(batch, seq)``."""
         work = torch.float64 if x.dtype == torch.float64 else torch.float32  # half inputs rotate in fp32
-        angles = positions.to(work)[..., None] * self.inv_freq.to(device=x.device, dtype=work)  # (..., seq, D/2)
+        angles = positions.to(work)[..., None] * self.inv_freq.to(x.device, work)  # (..., seq, D/2)
         if angles.dim() == 3:
             angles = angles[:, None]  # (B, 1, seq, D/2): broadcast over heads
         cos = torch.cat((angles.cos(), angles.cos()), dim=-1)

@@ -205,7 +205,7 @@ def test_float64_gradcheck():
     mask = torch.tensor([[True, True, False, True]] * 2 + [[False] * 4])  # last row fully masked
     for backend in ("sdpa", "math", "eager"):
         assert torch.autograd.gradcheck(
-            lambda a, b, c: mha.attention(a, b, c, mask=mask, backend=backend), (q, k, v)
+            lambda a, b, c, be=backend: mha.attention(a, b, c, mask=mask, backend=be), (q, k, v)
         )
     assert torch.autograd.gradcheck(lambda a, b, c: mha.attention(a, b, c, is_causal=True), (q, k, v))
 

@@ -1,4 +1,4 @@
-"""``MultiHeadAttention`` against ``nn.MultiheadAttention`` and timm ``Attention``; caches, positions, errors."""
+"""``MultiHeadAttention`` vs ``nn.MultiheadAttention`` and timm ``Attention``; caches, positions, errors."""
 
 import math
 
