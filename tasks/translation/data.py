@@ -613,6 +613,8 @@ class TranslationDataModule(L.LightningDataModule):
         corpus: keyword arguments of that corpus (languages, paths, sizes); see ``load_corpus``.
         vocab_size: BPE vocabulary size (per tokenizer).
         shared_vocab: one tokenizer for both sides (default) or one per side.
+        resume_from: a checkpoint being resumed (the config passes ``${ckpt_path}``): its run folder's
+            tokenizer is reused, so token ids match the trained weights.
         tokenizer: folder or file of a saved tokenizer to reuse (resume, fine-tune); ``None`` -> the one in
             ``output_dir`` if present, else train a new one.
         output_dir: where the tokenizer is saved (``None``: the Hydra run folder when inside Hydra, else
@@ -633,6 +635,7 @@ class TranslationDataModule(L.LightningDataModule):
         vocab_size: int = 1000,
         shared_vocab: bool = True,
         tokenizer: str | None = None,
+        resume_from: str | None = None,
         output_dir: str | None = None,
         max_len: int = 256,
         batch_size: int = 128,
@@ -648,6 +651,8 @@ class TranslationDataModule(L.LightningDataModule):
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}.")
         self.name, self.corpus_kwargs = name, dict(corpus or {})
         self.vocab_size, self.shared_vocab = vocab_size, shared_vocab
+        if tokenizer is None and resume_from:
+            tokenizer = str(find_run_dir(resume_from))
         self.tokenizer_path = tokenizer
         self.output_dir = Path(output_dir) if output_dir else _hydra_output_dir()
         self.max_len, self.batch_size, self.max_tokens = max_len, batch_size, max_tokens
@@ -786,6 +791,21 @@ class TranslationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+
+def find_run_dir(path: str | os.PathLike) -> Path:
+    """The run folder of a checkpoint: the first of its folder, parent or grandparent that holds a
+    ``tokenizer.json`` (or ``tokenizer_src.json``). Raises ``FileNotFoundError`` naming where it looked."""
+    path = Path(path).expanduser()
+    start = path if path.is_dir() else path.parent
+    candidates = [start, start.parent, start.parent.parent]
+    for folder in candidates:
+        if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_src.json").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"no tokenizer.json beside {path} (looked in {', '.join(map(str, candidates))}); pass the run folder "
+        "that holds the tokenizer saved with the checkpoint."
+    )
 
 
 def _hydra_output_dir() -> Path | None:
