@@ -1,0 +1,7 @@
+"""Helpers shared by every task and by ``train.py``: checkpoint IO, schedules, results tables, plots."""
+
+from tasks.common.checkpoint import AtomicCheckpointIO
+from tasks.common.report import format_table, plot_metrics, write_results
+from tasks.common.schedule import warmup_cosine
+
+__all__ = ["AtomicCheckpointIO", "format_table", "plot_metrics", "warmup_cosine", "write_results"]

@@ -1,0 +1,88 @@
+"""The end-of-run report: a results table (model vs baselines), results.csv and PNG curves."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+
+def _metric_names(rows: dict[str, dict[str, float]]) -> list[str]:
+    names: list[str] = []
+    for metrics in rows.values():
+        names += [n for n in metrics if n not in names]
+    return names
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """A plain-text table, one row per model / baseline, one column per metric (missing: ``-``)."""
+    names = _metric_names(rows)
+    header = ["model", *names]
+    body = [[row, *(f"{m[n]:.4f}" if n in m else "-" for n in names)] for row, m in rows.items()]
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
+    fmt = "| " + " | ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths)) + " |"
+    return "\n".join([line, fmt.format(*header), line, *(fmt.format(*r) for r in body), line])
+
+
+def write_results(rows: dict[str, dict[str, float]], path: Path) -> None:
+    """Write the results table as CSV (``model,<metric>,...``)."""
+    names = _metric_names(rows)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", *names])
+        for row, m in rows.items():
+            writer.writerow([row, *(m.get(n, "") for n in names)])
+
+
+def plot_metrics(metrics_csv: Path, out_dir: Path) -> list[Path]:
+    """One PNG per metric name from a Lightning ``metrics.csv``: ``train/loss`` and ``val/loss`` share
+    ``loss.png``; the x axis is the optimiser step. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not metrics_csv.exists():
+        return []
+    with open(metrics_csv) as f:
+        records = list(csv.DictReader(f))
+    series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for rec in records:
+        step = rec.get("step", "")
+        if step == "":
+            continue
+        for col, val in rec.items():
+            if col in ("step", "epoch") or val in ("", None) or "/" not in col:
+                continue
+            stage, name = col.split("/", 1)
+            if stage == "test" or name.startswith("lr"):
+                continue
+            value = float(val)
+            if not math.isfinite(value):
+                continue
+            xs, ys = series.setdefault(name, {}).setdefault(stage, ([], []))
+            xs.append(float(step))
+            ys.append(value)
+    lr_cols = [c for c in (records[0].keys() if records else []) if "/lr" in c or c.startswith("lr")]
+    for col in lr_cols:
+        pts = [(float(r["step"]), float(r[col])) for r in records if r.get(col) not in ("", None)]
+        if pts:
+            series.setdefault("lr", {})["train"] = ([p[0] for p in pts], [p[1] for p in pts])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, stages in series.items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for stage, (xs, ys) in sorted(stages.items()):
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=stage)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"{name.replace('/', '_')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

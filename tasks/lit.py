@@ -1,0 +1,117 @@
+"""The shared LightningModule: optimisation, schedule, logging and the metric plumbing for every task.
+
+A :class:`~tasks.base.Task` supplies data, model, loss and metrics; :class:`TaskModule` owns AdamW, the
+warmup + cosine schedule, per-stage metric copies and logging. Gradient clipping and precision are Trainer
+settings (``optim.grad_clip`` and ``trainer.precision``), applied in ``train.py``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from tasks.base import Task
+from tasks.common.schedule import warmup_cosine
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay matrices / conv kernels; no decay for biases, norms, positions, class tokens
+    and whatever the model lists in ``no_weight_decay()`` (timm's convention)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name in skip or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class TaskModule(L.LightningModule):
+    """Trains ``model`` on ``task``.
+
+    Args:
+        task: the task (loss, metrics, device-side batch hook).
+        model: the ``nn.Module`` to train (built by ``task.build_model``).
+        optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup`` (fraction < 1 or steps),
+            ``min_lr_ratio`` (``grad_clip`` is read by train.py and given to the Trainer).
+        compile: ``torch.compile`` the model in place (state-dict names are unchanged).
+    """
+
+    def __init__(self, task: Task, model: nn.Module, optim: dict[str, Any], compile: bool = False) -> None:
+        super().__init__()
+        self.task = task
+        self.model = model
+        self.optim = dict(optim)
+        for key in ("lr", "weight_decay", "warmup"):
+            if key not in self.optim:
+                raise ValueError(f"optim.{key} is missing from the config (got keys {sorted(self.optim)})")
+        if compile:
+            self.model.compile()
+        metrics = task.build_metrics()
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        training = self._trainer is not None and self.trainer.training
+        return self.task.on_device_batch(batch, training)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self.task.training_loss(self.model, batch)
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=_batch_size(batch)
+        )
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self.task.eval_step(self.model, batch, self.val_metrics)
+        self.log(
+            "val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=_batch_size(batch)
+        )
+        self.log_dict(self.val_metrics, prog_bar=True, on_epoch=True)
+        return loss
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self.task.eval_step(self.model, batch, self.test_metrics)
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=_batch_size(batch))
+        self.log_dict(self.test_metrics, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.optim
+        optimizer = torch.optim.AdamW(
+            param_groups(self.model, float(opt["weight_decay"])),
+            lr=float(opt["lr"]),
+            betas=tuple(opt.get("betas", (0.9, 0.999))),
+            eps=float(opt.get("eps", 1e-8)),
+            fused=torch.cuda.is_available() and next(self.model.parameters()).is_cuda,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        lr_lambda = partial(
+            warmup_cosine,
+            total_steps=total,
+            warmup=float(opt["warmup"]),
+            min_lr_ratio=float(opt.get("min_lr_ratio", 0.0)),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
+
+
+def _batch_size(batch: Any) -> int | None:
+    """Leading dimension of the first tensor in the batch (for correct epoch averages)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_size(batch[0])
+    if isinstance(batch, dict) and batch:
+        return _batch_size(next(iter(batch.values())))
+    return None

@@ -1,0 +1,1 @@
+"""Image classification with a ViT built from ``mha`` blocks (``task=vision``)."""

@@ -1,0 +1,128 @@
+"""Registry, config composition, schedule, report and checkpoint helpers (fast, in-process)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from tasks import TASKS, get_task, task_names
+from tasks.base import Task
+from tasks.common import AtomicCheckpointIO, format_table, warmup_cosine, write_results
+from tests.conftest import REPO
+
+CONF = REPO / "conf"
+TASK_CONFIGS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        # paths.output_dir is Hydra's run folder, only set inside a run: pin it for composition
+        return compose(config_name="config", overrides=[*overrides, "paths.output_dir=/tmp/mha-suite-test"])
+
+
+def test_registry_knows_every_task_config():
+    assert "vision" in task_names()
+    assert get_task("vision").__name__ == "VisionTask"
+    assert set(TASK_CONFIGS) <= set(TASKS), "every conf/task/<name>.yaml needs a registered task <name>"
+    with pytest.raises(ValueError, match=r"unknown task 'nope'; known tasks: .*vision"):
+        get_task("nope")
+
+
+@pytest.mark.parametrize("name", TASK_CONFIGS)
+def test_every_task_config_composes(name: str):
+    cfg = _compose([f"task={name}"])
+    cls = get_class(cfg.task._target_)
+    assert issubclass(cls, Task) and cls.name == name
+    # everything but the Hydra-runtime paths resolves
+    OmegaConf.to_container(cfg.task, resolve=True)
+    OmegaConf.to_container(cfg.optim, resolve=True)
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment: str):
+    cfg = _compose([f"experiment={experiment}"])
+    cls = get_class(cfg.task._target_)
+    assert issubclass(cls, Task)
+    OmegaConf.to_container(cfg.task, resolve=True)
+
+
+@pytest.mark.parametrize("trainer", ["default", "gpu", "ddp"])
+def test_trainer_configs_compose(trainer: str):
+    cfg = _compose([f"trainer={trainer}"])
+    assert cfg.trainer.accelerator in ("auto", "gpu", "cpu")
+    if trainer == "ddp":
+        assert cfg.trainer.strategy == "ddp"
+
+
+def test_every_yaml_key_is_commented():
+    """Project convention: every key in conf/ has a one-line comment."""
+    missing = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+                continue
+            if re.match(r"^[\w.\-/@]+:\s*\S", stripped) and "#" not in stripped:  # mapping headers exempt
+                missing.append(f"{path.relative_to(REPO)}:{n}: {stripped}")
+    assert not missing, "keys without a comment:\n" + "\n".join(missing)
+
+
+def test_unknown_task_fails_fast_with_the_list():
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "task=nope"], capture_output=True, text=True, timeout=60
+    )
+    elapsed = time.perf_counter() - start
+    assert proc.returncode != 0
+    assert "unknown task 'nope'" in proc.stderr and "vision" in proc.stderr
+    assert elapsed < 20, f"task=nope took {elapsed:.1f}s: it should fail before torch is imported"
+
+
+def test_warmup_cosine_schedule():
+    total = 100
+    values = [warmup_cosine(s, total, warmup=0.1, min_lr_ratio=0.1) for s in range(total)]
+    assert values[0] == pytest.approx(0.1)  # 1/10 of the way up
+    assert values[9] == pytest.approx(1.0)  # warmup done
+    assert max(values) == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[9:], values[10:], strict=False))  # monotone decay
+    assert values[-1] == pytest.approx(0.1, abs=1e-3)
+    assert warmup_cosine(0, 10, warmup=3) == pytest.approx(1 / 3)  # warmup as a step count
+    with pytest.raises(ValueError, match="warmup"):
+        warmup_cosine(0, 10, warmup=-1)
+
+
+def test_results_table_and_csv(tmp_path: Path):
+    rows = {"vision (ours)": {"loss": 0.1, "acc": 0.98}, "majority class": {"acc": 0.1}}
+    table = format_table(rows)
+    assert "vision (ours)" in table and "0.9800" in table and "majority class" in table
+    assert table.splitlines()[3].startswith("| vision (ours)")
+    write_results(rows, tmp_path / "r.csv")
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0] == "model,loss,acc" and lines[2] == "majority class,,0.1"
+
+
+def test_atomic_checkpoint_io(tmp_path: Path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    assert torch.load(path)["step"] == 1
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        io.save_checkpoint({"step": 2, "bad": Boom()}, path)
+    assert torch.load(path)["step"] == 1, "a failed save must leave the previous checkpoint intact"
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary files left behind"

@@ -1,0 +1,87 @@
+"""``python train.py`` end to end on CPU: a few steps, resume, ``-m`` sweeps and error paths (subprocess)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.conftest import TINY_VISION, run_train
+
+
+def _global_step(ckpt: Path) -> int:
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+
+
+def test_train_few_steps_then_resume(tmp_path: Path):
+    run1, run2 = tmp_path / "run1", tmp_path / "run2"
+    proc = run_train(
+        [*TINY_VISION, "trainer.max_steps=3", f"hydra.run.dir={run1}", f"paths.cache_dir={tmp_path}"]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Results on the test split" in proc.stdout
+    assert "vision (ours)" in proc.stdout and "majority class" in proc.stdout
+    for name in (
+        "metrics.csv",
+        "results.csv",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+        "plots/loss.png",
+        "plots/attention_maps.png",
+        ".hydra/config.yaml",
+    ):
+        assert (run1 / name).is_file(), f"{name} missing from the run folder"
+    assert _global_step(run1 / "checkpoints/last.ckpt") == 3
+    header = (run1 / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss" in header and "val/acc" in header and "test/acc" in header
+    assert not list((run1 / "checkpoints").glob("*.tmp")), "temporary checkpoint files left behind"
+
+    proc = run_train(
+        [
+            *TINY_VISION,
+            "trainer.max_steps=5",
+            f"ckpt_path={run1 / 'checkpoints/last.ckpt'}",
+            f"hydra.run.dir={run2}",
+            f"paths.cache_dir={tmp_path}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _global_step(run2 / "checkpoints/last.ckpt") == 5, "resuming must continue the step count"
+    steps = [
+        int(r.split(",")[1]) for r in (run2 / "metrics.csv").read_text().splitlines()[1:] if r.split(",")[1]
+    ]
+    assert min(steps) >= 3, f"the resumed run logged steps {steps}: it restarted from 0"
+
+
+def test_multirun_sweep_runs_two_jobs(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    proc = run_train(
+        [
+            "-m",
+            *TINY_VISION,
+            "trainer.max_steps=1,2",
+            "run_test=false",
+            "save_artifacts=false",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert [_global_step(j / "checkpoints/last.ckpt") for j in jobs] == [1, 2]
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path: Path):
+    missing = tmp_path / "no-such-folder"
+    proc = run_train([*TINY_VISION, f"task.data.root={missing}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert proc.returncode != 0
+    assert f"task.data.root={missing} does not exist" in proc.stderr
+    assert "ImageFolder" in proc.stderr  # says what to point it at
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path):
+    proc = run_train(
+        [*TINY_VISION, f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    )
+    assert proc.returncode != 0
+    assert "nope.ckpt does not exist" in proc.stderr

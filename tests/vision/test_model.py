@@ -1,0 +1,128 @@
+"""The ViT (built from mha), timm weight interop, augmentation and the task's loss / baseline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasks.vision.augment import BatchAugment
+from tasks.vision.model import ViT, load_timm_vit
+from tasks.vision.task import VisionTask
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+@pytest.mark.parametrize("stem", [(), (8, 16)])
+def test_vit_shapes(pool, stem):
+    model = ViT(
+        image_size=16,
+        patch_size=4,
+        in_chans=3,
+        num_classes=5,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        pool=pool,
+        stem_channels=stem,
+    )
+    x = torch.randn(3, 3, 16, 16)
+    assert model(x).shape == (3, 5)
+    assert model.forward_features(x).shape == (3, 16 + (pool == "token"), 32)
+    assert model.attention_maps(x).shape == (3, 4, 4)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_vit_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        ViT(image_size=28, patch_size=5)
+    with pytest.raises(ValueError, match="conv stem"):
+        ViT(image_size=28, patch_size=7, stem_channels=[8])
+    with pytest.raises(ValueError, match="pool"):
+        ViT(image_size=16, patch_size=4, pool="max")
+
+
+def _randomize(module: torch.nn.Module) -> None:
+    gen = torch.Generator().manual_seed(0)
+    for p in module.parameters():
+        p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def test_timm_vit_tiny_state_dict_gives_equal_logits():
+    timm = pytest.importorskip("timm")
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    _randomize(ref)  # timm zero-inits the head: random weights make the comparison meaningful
+    ours = load_timm_vit(ref.state_dict(), num_heads=3)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected, got = ref(x), ours(x)
+    assert got.shape == (2, 1000)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_timm_vit_with_qk_norm_and_layer_scale():
+    timm = pytest.importorskip("timm")
+    ref = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        num_classes=7,
+        qk_norm=True,
+        init_values=0.1,
+    ).eval()
+    _randomize(ref)
+    ours = load_timm_vit(ref)  # from the module: num_heads read from it
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+def test_augment_shapes_range_and_identity():
+    x = torch.rand(6, 3, 16, 16)
+    aug = BatchAugment(crop="resized", flip=True, trivial_augment=True)
+    out = aug(x)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, x)
+    same = BatchAugment(crop="none", flip=False, rotate=0)
+    assert torch.equal(same(x), x)
+    flip = BatchAugment(crop="none", flip=True)(x)
+    for i in range(6):  # every image is itself or its mirror image
+        assert torch.allclose(flip[i], x[i], atol=1e-5) or torch.allclose(flip[i], x[i].flip(-1), atol=1e-5)
+    shift = BatchAugment(crop="translate", pad=2, flip=False)(x)
+    assert not torch.allclose(shift, x)
+
+
+@pytest.mark.parametrize("mix", [{"mixup_alpha": 0.8}, {"cutmix_alpha": 1.0}])
+def test_mixup_cutmix_targets(mix):
+    aug = BatchAugment(**mix)
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 4
+    xm, t = aug.mix(x, y, num_classes=4)
+    assert xm.shape == x.shape and t.shape == (8, 4)
+    torch.testing.assert_close(t.sum(-1), torch.ones(8))
+    assert (t.max(-1).values < 1).any()  # targets really are mixed
+
+
+def test_task_loss_metrics_and_baseline(tmp_path):
+    task = VisionTask(
+        data={"batch_size": 16},
+        model={"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2},
+        augment={"mixup_alpha": 0.5},
+        label_smoothing=0.1,
+        num_attention_images=2,
+    )
+    dm = task.build_datamodule()
+    model = task.build_model(dm)
+    assert model.head.out_features == 10
+    batch = next(iter(dm.train_dataloader()))
+    x, target = task.on_device_batch(batch, training=True)
+    assert x.dtype == torch.float32 and target.shape == (16, 10)  # MixUp gives soft targets
+    loss = task.training_loss(model, (x, target))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    metrics = task.build_metrics()
+    x, y = task.on_device_batch(next(iter(dm.val_dataloader())), training=False)
+    assert y.dtype == torch.int64
+    assert torch.isfinite(task.eval_step(model, (x, y), metrics))
+    assert 0 <= metrics.compute()["acc"] <= 1
+    assert task.baselines(dm) == {"majority class": {"acc": pytest.approx(0.1)}}
+    task.save_artifacts(model, dm, tmp_path)
+    assert (tmp_path / "plots" / "attention_maps.png").stat().st_size > 1000

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""The one entry point: ``python train.py task=<name> [experiment=<recipe>] [key=value ...]``.
+
+compose config -> build the task (``task._target_``) -> data module + model -> TaskModule -> Trainer fit
+-> test (best checkpoint) -> baselines -> results table, results.csv, metrics.csv, plots, task artefacts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def check_task_arg(argv: list[str]) -> None:
+    """Fail at once (before torch is imported) on ``task=<unknown>``, naming the known tasks."""
+    known = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    for arg in argv:
+        if arg.startswith("task=") and "(" not in arg:
+            for name in arg.removeprefix("task=").split(","):
+                if name not in known:
+                    sys.exit(
+                        f"error: unknown task {name!r}; known tasks: {', '.join(known)}. Use task=<name>."
+                    )
+
+
+if __name__ == "__main__":
+    check_task_arg(sys.argv[1:])
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from tasks.common import AtomicCheckpointIO, format_table, plot_metrics, write_results
+    from tasks.lit import TaskModule
+
+    run_dir = Path(cfg.paths.output_dir)
+    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file (e.g. .../last.ckpt)"
+        )
+    L.seed_everything(cfg.seed, workers=True)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+
+    task = instantiate(cfg.task, _convert_="all")  # the Task subclass named by task._target_
+    datamodule = task.build_datamodule()
+    model = task.build_model(datamodule)
+    module = TaskModule(task, model, OmegaConf.to_container(cfg.optim), compile=cfg.compile)
+
+    trainer_cfg = OmegaConf.to_container(cfg.trainer)
+    if trainer_cfg.get("precision") is None:
+        trainer_cfg["precision"] = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=f"val/{task.monitor}",
+        mode=task.monitor_mode,
+        save_last=True,
+        save_top_k=1,
+    )
+    trainer = instantiate(
+        trainer_cfg,
+        logger=CSVLogger(run_dir, name="", version=""),  # -> <run_dir>/metrics.csv
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        plugins=[AtomicCheckpointIO()],
+        gradient_clip_val=cfg.optim.grad_clip,
+        default_root_dir=run_dir,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
+
+    rows: dict[str, dict[str, float]] = {}
+    if cfg.run_test:
+        best = "best" if checkpoint.best_model_path else None  # no validation ran: test the final weights
+        (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        rows[f"{task.name} (ours)"] = {k.removeprefix("test/"): float(v) for k, v in results.items()}
+        rows.update(task.baselines(datamodule))
+    if trainer.is_global_zero:
+        plot_metrics(run_dir / "metrics.csv", run_dir / "plots")
+        if rows:
+            write_results(rows, run_dir / "results.csv")
+            print(f"\nResults on the test split ({run_dir}):\n{format_table(rows)}")
+        if cfg.save_artifacts:
+            task.save_artifacts(module.model, datamodule, run_dir)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
