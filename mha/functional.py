@@ -385,7 +385,7 @@ def _sdpa(
     if order == ("sdpa",):
         ctx = nullcontext()
     else:
-        if len(order) > 1 and not forced and not torch.compiler.is_compiling():
+        if len(order) > 1 and not forced and q.is_cuda and not torch.compiler.is_compiling():
             order = _first_usable(q, k, v, mask, is_causal, dropout_p, gqa, order)
         if gqa and order[0] in ("cudnn", "efficient"):  # these kernels take no enable_gqa: repeat k/v heads
             groups = q.shape[1] // k.shape[1]

@@ -79,3 +79,19 @@ def test_export_inference():
         program = torch.export.export(module, (x,), {"key_padding_mask": kpm})
         out = program.module()(x, key_padding_mask=kpm)[0]
         torch.testing.assert_close(out, module(x, key_padding_mask=kpm)[0])
+
+
+def test_sdpa_priority_list_traces(monkeypatch):
+    """The CUDA rules hand SDPA a priority list (``sdpa_kernel(..., set_priority=True)``); it must trace."""
+    rule = mha.BackendRule(
+        "priority list on CPU for the test", lambda c: True, ("flash", "efficient", "math")
+    )
+    monkeypatch.setattr(mha.functional, "BACKEND_RULES", [rule])
+    torch._dynamo.reset()
+    q, k, v = torch.randn(3, 2, 2, 16, 8).unbind(0)
+    compiled = torch.compile(
+        lambda q, k, v: mha.attention(q, k, v, is_causal=True), fullgraph=True, backend="aot_eager"
+    )
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(compiled(q, k, v), expected)
+    assert mha.last_backend() == "flash>efficient>math"

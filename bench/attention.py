@@ -1,0 +1,293 @@
+"""Benchmark the ``mha`` attention core against PyTorch SDPA backends, FlexAttention,
+``nn.MultiheadAttention``, timm ``Attention`` and the textbook formula, on one CUDA GPU in bf16.
+
+    python bench/attention.py                        # all shapes, fwd and fwd+bwd, prints markdown tables
+    python bench/attention.py --write BENCHMARKS.md  # also (re)writes the attention section of BENCHMARKS.md
+    python bench/attention.py --shapes vit --modes fwd --json out.json
+
+Two tables:
+* kernel level, ``(batch, heads, seq, head_dim)`` q/k/v: ours (``mha.attention``, backend ``auto``), each SDPA
+  backend forced, FlexAttention compiled, the formula ``softmax(QK^T/sqrt(d))V`` written out.  Ratio = TFLOP/s
+  over the best forced SDPA backend (target: ours >= 0.95 at every shape).
+* module level, ``(batch, seq, embed)`` with projections: ``mha.MultiHeadAttention``,
+  ``nn.MultiheadAttention`` with default arguments (``need_weights=True``) and with ``need_weights=False``,
+  timm ``Attention``.  Ratio = their time / our time (targets fwd+bwd: >= 1.5x nn default, >= 1.0x timm).
+FLOPs: attention ``4*B*H*N^2*D`` forward (halved when causal), backward 2.5x forward; modules add
+``8*B*N*E^2`` forward for the projections (backward 2x).  Timing: CUDA events, median over repeats after
+warm-up.  ``--device cpu --shapes tiny`` is a smoke run of the script itself (numbers meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mha  # noqa: E402
+
+SHAPES = {  # name: (batch, heads, seq, head_dim, causal)
+    "vit": (16, 12, 197, 64, False),
+    "1k": (8, 16, 1024, 64, False),
+    "1k-causal": (8, 16, 1024, 64, True),
+    "4k": (4, 16, 4096, 128, False),
+    "4k-causal": (4, 16, 4096, 128, True),
+    "16k-causal": (2, 16, 16384, 128, True),
+    "tiny": (2, 2, 16, 8, True),  # smoke test of the script (not a benchmark)
+}
+DEVICE = "cuda"
+SDPA = {
+    "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+    "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "sdpa-math": SDPBackend.MATH,
+}
+DTYPE = torch.bfloat16
+
+
+def time_ms(fn: Callable[[], object], min_time_s: float = 0.3, max_iters: int = 50) -> float:
+    """Median milliseconds of ``fn`` (CUDA events; wall clock on CPU), after warm-up."""
+    for _ in range(3):
+        fn()
+    _sync()
+    times: list[float] = []
+    total = 0.0
+    while len(times) < 5 or (total < min_time_s * 1e3 and len(times) < max_iters):
+        if DEVICE == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        total += times[-1]
+    return statistics.median(times)
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _free() -> None:
+    if DEVICE == "cuda":
+        _free()
+
+
+def attn_flops(b: int, h: int, n: int, d: int, causal: bool, backward: bool) -> float:
+    fwd = 4 * b * h * n * n * d / (2 if causal else 1)
+    return fwd * (3.5 if backward else 1.0)
+
+
+def run_guarded(fn: Callable[[], float]) -> float | str:
+    try:
+        return fn()
+    except torch.cuda.OutOfMemoryError:
+        _free()
+        return "OOM"
+    except RuntimeError as err:  # a forced backend that cannot run this shape
+        _free()
+        return "n/a: " + str(err).splitlines()[0][:60]
+
+
+def formula(q, k, v, causal):
+    """The seeds' attention, written out."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        n = q.shape[-2]
+        scores = scores.masked_fill(
+            ~torch.ones(n, n, dtype=torch.bool, device=q.device).tril(), float("-inf")
+        )
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def kernel_rows(shape: tuple, backward: bool) -> list[dict]:
+    b, h, n, d, causal = shape
+    q, k, v = (torch.randn(b, h, n, d, device=DEVICE, dtype=DTYPE, requires_grad=backward) for _ in range(3))
+    grad = torch.randn_like(q)
+    fns: dict[str, Callable[[], torch.Tensor]] = {}
+    fns["ours (auto)"] = lambda: mha.attention(q, k, v, is_causal=causal)
+    for name, backend in SDPA.items():
+        fns[name] = lambda backend=backend: _sdpa_forced(q, k, v, causal, backend)
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if DEVICE == "cuda":  # compiled Flex on CPU takes a minute to build: skipped in smoke runs
+        flex = torch.compile(flex_attention, dynamic=False)
+        causal_mod = lambda b_, h_, qi, ki: qi >= ki  # noqa: E731
+        block_mask = create_block_mask(causal_mod, None, None, n, n, device=DEVICE) if causal else None
+        fns["flex (compiled)"] = lambda: flex(q, k, v, block_mask=block_mask)
+    fns["formula softmax(QK^T/sqrt(d))V"] = lambda: formula(q, k, v, causal)
+
+    rows, outputs = [], {}
+    for name, fn in fns.items():
+        step = (lambda fn=fn: fn().backward(grad)) if backward else fn
+        with torch.enable_grad() if backward else torch.no_grad():
+            ms = run_guarded(lambda step=step: time_ms(step))
+        row = {"name": name, "ms": ms, "err": None}
+        if name == "ours (auto)":
+            row["backend"] = mha.last_backend()
+        if isinstance(ms, float) and name in ("ours (auto)", "sdpa-flash"):
+            with torch.no_grad():
+                outputs[name] = fn().float()
+        rows.append(row)
+        _free()
+    if len(outputs) == 2:  # correctness guard: ours against the flash kernel
+        rows[0]["err"] = (outputs["ours (auto)"] - outputs["sdpa-flash"]).abs().max().item()
+    flops = attn_flops(b, h, n, d, causal, backward)
+    for row in rows:
+        row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12 if isinstance(row["ms"], float) else None
+    best = max((r["tflops"] for r in rows if r["name"].startswith("sdpa") and r["tflops"]), default=None)
+    for row in rows:
+        row["ratio"] = row["tflops"] / best if best and row["tflops"] else None
+    return rows
+
+
+def _sdpa_forced(q, k, v, causal, backend):
+    with sdpa_kernel(backend):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def module_rows(shape: tuple, backward: bool) -> list[dict]:
+    b, h, n, d, causal = shape
+    e = h * d
+    x = torch.randn(b, n, e, device=DEVICE, dtype=DTYPE, requires_grad=backward)
+    grad = torch.randn_like(x)
+    torch_mha = nn.MultiheadAttention(e, h, batch_first=True, device=DEVICE, dtype=DTYPE)
+    ours = mha.MultiHeadAttention.from_torch(torch_mha)
+    causal_mask = (
+        nn.Transformer.generate_square_subsequent_mask(n, device=DEVICE, dtype=DTYPE) if causal else None
+    )
+    fns: dict[str, Callable[[], torch.Tensor]] = {
+        "ours MultiHeadAttention": lambda: ours(x, is_causal=causal)[0],
+        "nn.MultiheadAttention (default)": lambda: torch_mha(
+            x, x, x, attn_mask=causal_mask, is_causal=causal
+        )[0],
+        "nn.MultiheadAttention need_weights=False": lambda: torch_mha(
+            x, x, x, attn_mask=causal_mask, is_causal=causal, need_weights=False
+        )[0],
+    }
+    try:
+        from timm.layers import Attention
+
+        timm_attn = Attention(e, h, qkv_bias=True).to(DEVICE, DTYPE)
+        fns["timm Attention"] = lambda: timm_attn(x, is_causal=causal)
+    except ImportError:
+        pass
+    rows = []
+    for name, fn in fns.items():
+        step = (lambda fn=fn: fn().backward(grad)) if backward else fn
+        with torch.no_grad() if not backward else torch.enable_grad():
+            ms = run_guarded(lambda step=step: time_ms(step))
+        rows.append({"name": name, "ms": ms})
+        _free()
+    flops = attn_flops(b, h, n, d, causal, backward) + 8 * b * n * e * e * (3 if backward else 1)
+    ours_ms = rows[0]["ms"]
+    for row in rows:
+        ok = isinstance(row["ms"], float)
+        row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12 if ok else None
+        row["ratio"] = row["ms"] / ours_ms if ok and isinstance(ours_ms, float) else None  # speed-up of ours
+    return rows
+
+
+def fmt(value, spec: str) -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| shape (B,H,N,D) | causal | pass | row | ms | TFLOP/s | ratio | note |", "|" + "---|" * 8]
+    for res in results:
+        for row in res["rows"]:
+            note = row.get("backend") or ""
+            ms = row["ms"]
+            if isinstance(ms, str) and ms.startswith("n/a: "):
+                note, ms = note + ms[5:], "n/a"
+            if row.get("err") is not None:
+                note += f" max err vs flash {row['err']:.1e}"
+            cells = [res["shape"][:4], res["shape"][4], res["pass"], row["name"], fmt(ms, ".3f")]
+            cells += [fmt(row["tflops"], ".1f"), fmt(row["ratio"], ".2f"), note.strip()]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, text: str) -> None:
+    start, end = "<!-- bench/attention.py:start -->", "<!-- bench/attention.py:end -->"
+    block = f"{start}\n{text}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in old and end in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {list(SHAPES)}")
+    parser.add_argument("--modes", default="fwd,fwdbwd", help="comma list of fwd, fwdbwd")
+    parser.add_argument("--levels", default="kernel,module", help="comma list of kernel, module")
+    parser.add_argument("--write", type=Path, help="markdown file whose attention section is (re)written")
+    parser.add_argument("--json", type=Path, help="also dump raw results as JSON")
+    parser.add_argument("--device", default="cuda", help="cuda (benchmark) or cpu (smoke run of the script)")
+    args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            "bench/attention.py needs a CUDA GPU (or --device cpu --shapes tiny for a smoke run)"
+        )
+    torch.backends.cuda.matmul.allow_tf32 = True
+    results = []
+    for level in args.levels.split(","):
+        for shape_name in args.shapes.split(","):
+            if shape_name not in SHAPES:
+                raise SystemExit(f"unknown shape {shape_name!r}; choose from {list(SHAPES)}")
+            for mode in args.modes.split(","):
+                backward = mode == "fwdbwd"
+                rows = (kernel_rows if level == "kernel" else module_rows)(SHAPES[shape_name], backward)
+                res = {"level": level, "shape": SHAPES[shape_name], "pass": mode, "rows": rows}
+                results.append(res)
+                print(markdown([res]).split("\n", 2)[2], flush=True)
+    device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU"
+    header = (
+        f"### Attention core ({datetime.date.today()})\n\n"
+        f"Device: {device_name}, torch {torch.__version__}, cuDNN "
+        f"{torch.backends.cudnn.version()}, dtype bf16.  "
+        f"Command: `python bench/attention.py {' '.join(sys.argv[1:])}`"
+    )
+    text = header
+    titles = {
+        "kernel": "Kernel level (ratio = TFLOP/s / best forced SDPA backend)",
+        "module": "Module level, projections included (ratio = their ms / our ms: speed-up of ours)",
+    }
+    for level, title in titles.items():
+        sub = [r for r in results if r["level"] == level]
+        if sub:
+            text += f"\n\n#### {title}\n\n" + markdown(sub)
+    print("\n" + text)
+    if args.write:
+        write_section(args.write, text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
