@@ -1,0 +1,168 @@
+"""Model and decoding: cached == uncached, beam 1 == greedy, EOS stops, length limits (fast, CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tasks.translation.data import BOS_ID, EOS_ID, PAD_ID, decode, pad_batch
+from tasks.translation.model import Seq2SeqTransformer
+from tasks.translation.search import beam_search, greedy_search, length_penalty, max_lengths
+
+
+def _test_src(trained, n: int = 24) -> torch.Tensor:
+    return pad_batch(trained.dm.datasets["test"].src_ids[:n])
+
+
+def test_training_steps_reduce_the_loss(trained):
+    first, last = sum(trained.losses[:10]) / 10, sum(trained.losses[-10:]) / 10
+    assert math.isfinite(last) and last < 0.5 * first
+
+
+def test_incremental_decoder_equals_full_forward(trained):
+    model = trained.model
+    src = _test_src(trained, 6)
+    tgt_in = pad_batch([[BOS_ID, *ids] for ids in trained.dm.datasets["test"].tgt_ids[:6]])
+    tgt_in = tgt_in[:, :5]
+    memory, memory_pad = model.encode(src)
+    full = model.decode(tgt_in, memory, memory_pad)[0]
+    cache = model.make_cache()
+    steps = [model.decode(tgt_in[:, t : t + 1], memory, memory_pad, cache=cache)[0] for t in range(5)]
+    assert cache.seq_len == 5
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_greedy_and_beam_translate_held_out_numbers_and_stop_at_eos(trained):
+    src = _test_src(trained)
+    refs = [p[1] for p in trained.dm.corpus.test[:24]]
+    limits = max_lengths(src, PAD_ID, 1.5, 10).tolist()
+    greedy = greedy_search(trained.model, src)
+    beam = beam_search(trained.model, src, beam_size=4)
+    for hyps in (greedy, beam):
+        assert all(len(h) < lim for h, lim in zip(hyps, limits, strict=True))  # ended by EOS, not the limit
+        assert all(EOS_ID not in h and BOS_ID not in h and PAD_ID not in h for h in hyps)
+        text = decode(trained.dm.tgt_tokenizer, hyps)
+        assert sum(h == r for h, r in zip(text, refs, strict=True)) >= len(refs) // 2
+
+
+def test_beam_size_one_equals_greedy(trained):
+    src = _test_src(trained)
+    assert beam_search(trained.model, src, beam_size=1) == greedy_search(trained.model, src)
+    assert beam_search(trained.model, src, beam_size=1, alpha=1.0, lp_style="length") == greedy_search(
+        trained.model, src
+    )
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_cached_decoding_equals_uncached(trained, beam_size):
+    src = _test_src(trained)
+    if beam_size == 1:
+        assert greedy_search(trained.model, src) == greedy_search(trained.model, src, use_cache=False)
+    else:
+        cached = beam_search(trained.model, src, beam_size=beam_size)
+        assert cached == beam_search(trained.model, src, beam_size=beam_size, use_cache=False)
+
+
+class _Scripted(torch.nn.Module):
+    """A fake model whose next-token distribution depends only on the step and the source row: row i
+    emits token 10 + step until step i, then EOS; for the beam test a second path is likelier at first but
+    worse overall."""
+
+    pad_id, bos_id, eos_id, max_positions = PAD_ID, BOS_ID, EOS_ID, None
+
+    def __init__(self, vocab: int = 20) -> None:
+        super().__init__()
+        self.vocab = vocab
+
+    def encode(self, src):
+        return src[:, :, None].float(), src.eq(PAD_ID)
+
+    def make_cache(self):
+        return None
+
+    def decode(self, tgt_in, memory, memory_pad, cache=None, need_weights=False):
+        rows, steps = tgt_in.shape
+        stop = memory[:, 0, 0].long()  # the first source id says when to stop
+        logits = torch.full((rows, steps, self.vocab), -10.0)
+        for t in range(steps):
+            emit = torch.where(stop > t, torch.full_like(stop, 10 + t % 5), torch.full_like(stop, EOS_ID))
+            logits[torch.arange(rows), t, emit] = 0.0
+        return logits, None
+
+
+def test_search_stops_at_eos_per_sentence_and_respects_limits():
+    model = _Scripted()
+    src = torch.tensor([[4, 5, 5], [1, 5, PAD_ID], [7, PAD_ID, PAD_ID]])
+    greedy = greedy_search(model, src, use_cache=False, max_len_a=1.0, max_len_b=2)
+    # row 0 stops at EOS after 4 tokens; row 1 after 1; row 2 would need 7 but its limit is 1 * 1 + 2 = 3
+    assert greedy == [[10, 11, 12, 13], [10], [10, 11, 12]]
+    assert beam_search(model, src, beam_size=3, use_cache=False, max_len_a=1.0, max_len_b=2) == greedy
+
+
+def test_length_penalty_styles():
+    assert length_penalty(1, 0.6, "gnmt") == 1.0
+    assert length_penalty(7, 1.0, "gnmt") == pytest.approx(2.0)
+    assert length_penalty(4, 1.0, "length") == 4.0 and length_penalty(9, 5.0, "none") == 1.0
+    with pytest.raises(ValueError, match="pick one of gnmt"):
+        length_penalty(3, 0.6, "wu")
+    with pytest.raises(ValueError, match="beam_size must be >= 1"):
+        beam_search(_Scripted(), torch.tensor([[3]]), beam_size=0)
+
+
+def test_learned_positions_and_separate_embeddings_build_and_decode():
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(
+        300,
+        320,
+        embed_dim=16,
+        num_heads=2,
+        encoder_layers=1,
+        decoder_layers=1,
+        positional="learned",
+        max_positions=16,
+        share_embeddings=False,
+        tie_output=False,
+    )
+    assert model.src_embed is not model.tgt_embed
+    src = torch.randint(4, 300, (2, 5))
+    assert model(src, torch.randint(4, 320, (2, 7))).shape == (2, 7, 320)
+    out = beam_search(model.eval(), src, beam_size=2, max_len_a=0.0, max_len_b=30)  # capped at 15 positions
+    assert all(len(h) <= 15 for h in out)
+    with pytest.raises(ValueError, match="max_positions=16"):
+        model(src, torch.randint(4, 320, (2, 17)))
+    with pytest.raises(ValueError, match="share_embeddings needs one vocabulary"):
+        Seq2SeqTransformer(300, 320, embed_dim=16, num_heads=2)
+    with pytest.raises(ValueError, match="positional='rope'"):
+        Seq2SeqTransformer(300, 300, embed_dim=16, num_heads=2, positional="rope")
+
+
+def test_shared_model_ties_embeddings(trained):
+    model = trained.model
+    assert model.src_embed is model.tgt_embed and model.output is None
+    h = torch.randn(2, 3, model.embed_dim)
+    torch.testing.assert_close(model.logits(h), h @ model.tgt_embed.weight.T + model.output_bias)
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_cached_beam_equals_uncached_on_an_uncertain_model(positional):
+    """A random model spreads its probability, so beams swap places often: a wrong cache reorder shows."""
+    torch.manual_seed(1)
+    model = Seq2SeqTransformer(
+        64,
+        64,
+        embed_dim=32,
+        num_heads=4,
+        encoder_layers=1,
+        decoder_layers=2,
+        dropout=0.0,
+        positional=positional,
+        max_positions=64,
+    ).eval()
+    src = torch.randint(4, 64, (5, 7))
+    src[3, 4:] = PAD_ID
+    kwargs = {"beam_size": 4, "max_len_a": 1.0, "max_len_b": 5}
+    cached = beam_search(model, src, **kwargs)
+    assert cached == beam_search(model, src, use_cache=False, **kwargs)
+    assert greedy_search(model, src) == greedy_search(model, src, use_cache=False)
