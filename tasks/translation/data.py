@@ -343,12 +343,12 @@ def _multi30k_from_hub(hub_name: str, src_lang: str, tgt_lang: str) -> Corpus:
 
 
 def files_corpus(
-    train_src: str,
-    train_tgt: str,
-    val_src: str,
-    val_tgt: str,
-    test_src: str,
-    test_tgt: str,
+    train_src: str = "",
+    train_tgt: str = "",
+    val_src: str = "",
+    val_tgt: str = "",
+    test_src: str = "",
+    test_tgt: str = "",
     src_lang: str = "src",
     tgt_lang: str = "tgt",
 ) -> Corpus:
@@ -418,16 +418,40 @@ def bible_corpus(
     return Corpus(splits["train"], splits["val"], splits["test"], src_lang, tgt_lang, name="bible")
 
 
-def load_corpus(name: str = "numbers", **kwargs: Any) -> Corpus:
-    """Build a corpus by name (``numbers``, ``multi30k``, ``files``, ``bible``) from its keyword arguments."""
+def load_corpus(
+    name: str = "numbers",
+    *,
+    src_lang: str = "en",
+    tgt_lang: str = "de",
+    root: str | os.PathLike | None = None,
+    numbers: dict[str, Any] | None = None,
+    multi30k: dict[str, Any] | None = None,
+    files: dict[str, Any] | None = None,
+    bible: dict[str, Any] | None = None,
+) -> Corpus:
+    """Build a corpus by name (``numbers``, ``multi30k``, ``files``, ``bible``).
+
+    Args:
+        src_lang, tgt_lang: the language pair (codes as the corpus names them: ``en``, ``de``, ``es``, ...).
+        root: ``multi30k``: folder of the upstream files (``None``: the hub); ``bible``: the JSON-lines
+            file; ``files``: folder that relative paths are resolved against.
+        numbers, multi30k, files, bible: keyword arguments of :func:`number_corpus`,
+            :func:`multi30k_corpus` (``hub_name``), :func:`files_corpus` (the six paths) and
+            :func:`bible_corpus` (``val_books``, ``test_books``); only the named corpus' section is used.
+    """
     if name == "numbers":
-        return number_corpus(**kwargs)
+        return number_corpus(src_lang, tgt_lang, **(numbers or {}))
     if name == "multi30k":
-        return multi30k_corpus(**kwargs)
+        return multi30k_corpus(root, src_lang, tgt_lang, **(multi30k or {}))
     if name == "files":
-        return files_corpus(**kwargs)
+        paths = dict(files or {})
+        if root is not None:
+            paths = {k: str(Path(root).expanduser() / v) if v else v for k, v in paths.items()}
+        return files_corpus(**paths, src_lang=src_lang, tgt_lang=tgt_lang)
     if name == "bible":
-        return bible_corpus(**kwargs)
+        if root is None:
+            raise ValueError("data.name=bible needs task.data.root=<path to the bible JSON-lines file>.")
+        return bible_corpus(root, src_lang, tgt_lang, **(bible or {}))
     raise ValueError(f"unknown corpus {name!r}; pick task.data.name from {', '.join(CORPORA)}.")
 
 
@@ -610,7 +634,9 @@ class TranslationDataModule(L.LightningDataModule):
 
     Args:
         name: corpus name (``numbers``, ``multi30k``, ``files``, ``bible``).
-        corpus: keyword arguments of that corpus (languages, paths, sizes); see ``load_corpus``.
+        src_lang, tgt_lang: the language pair.
+        root: where the corpus lies (Multi30k folder, bible file, base folder of ``files``).
+        numbers, multi30k, files, bible: per-corpus settings; only the section of ``name`` is used.
         vocab_size: BPE vocabulary size (per tokenizer).
         shared_vocab: one tokenizer for both sides (default) or one per side.
         resume_from: a checkpoint being resumed (the config passes ``${ckpt_path}``): its run folder's
@@ -630,8 +656,14 @@ class TranslationDataModule(L.LightningDataModule):
     def __init__(
         self,
         name: str = "numbers",
-        corpus: dict[str, Any] | None = None,
         *,
+        src_lang: str = "en",
+        tgt_lang: str = "de",
+        root: str | None = None,
+        numbers: dict[str, Any] | None = None,
+        multi30k: dict[str, Any] | None = None,
+        files: dict[str, Any] | None = None,
+        bible: dict[str, Any] | None = None,
         vocab_size: int = 1000,
         shared_vocab: bool = True,
         tokenizer: str | None = None,
@@ -649,7 +681,16 @@ class TranslationDataModule(L.LightningDataModule):
             raise ValueError(f"unknown corpus {name!r}; pick task.data.name from {', '.join(CORPORA)}.")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}.")
-        self.name, self.corpus_kwargs = name, dict(corpus or {})
+        self.name = name
+        self.corpus_kwargs = {
+            "src_lang": src_lang,
+            "tgt_lang": tgt_lang,
+            "root": root,
+            "numbers": numbers,
+            "multi30k": multi30k,
+            "files": files,
+            "bible": bible,
+        }
         self.vocab_size, self.shared_vocab = vocab_size, shared_vocab
         if tokenizer is None and resume_from:
             tokenizer = str(find_run_dir(resume_from))

@@ -13,7 +13,7 @@ from tasks.translation.task import TranslationTask
 
 TINY_DATA = {
     "name": "numbers",
-    "corpus": {
+    "numbers": {
         "max_digits": 3,
         "train_size": 3000,
         "val_size": 16,

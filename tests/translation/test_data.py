@@ -202,7 +202,7 @@ def test_tokenizer_round_trip_and_specials(tmp_path):
 
 def test_datamodule_saves_and_reuses_tokenizer(tmp_path):
     kwargs = {
-        "corpus": {"max_digits": 3, "train_size": 300, "val_size": 5, "test_size": 5},
+        "numbers": {"max_digits": 3, "train_size": 300, "val_size": 5, "test_size": 5},
         "vocab_size": 300,
     }
     dm = TranslationDataModule(output_dir=str(tmp_path), **kwargs)
@@ -251,3 +251,23 @@ def test_token_batch_sampler_covers_everything_within_budget():
     assert epoch1 != epoch2  # reshuffled per epoch
     with pytest.raises(ValueError, match="max_tokens=10 is below the longest"):
         TokenBatchSampler(lengths, max_tokens=10)
+
+
+def test_load_corpus_sections_and_root(tmp_path):
+    for split in ("train", "val", "test"):
+        _write(tmp_path / f"{split}.src", ["a b", "c d"])
+        _write(tmp_path / f"{split}.tgt", ["x y", "z w"])
+    files = {
+        f"{split}_{side}": f"{split}.{side}" for split in ("train", "val", "test") for side in ("src", "tgt")
+    }
+    corpus = load_corpus("files", root=str(tmp_path), files=files, src_lang="en", tgt_lang="xx")
+    assert corpus.train == [("a b", "x y"), ("c d", "z w")] and corpus.tgt_lang == "xx"
+    with pytest.raises(ValueError, match="needs task.data.root"):
+        load_corpus("bible", src_lang="en", tgt_lang="es")
+    numbers = load_corpus(
+        "numbers",
+        src_lang="en",
+        tgt_lang="fr",
+        numbers={"max_digits": 3, "train_size": 5, "val_size": 2, "test_size": 2},
+    )
+    assert numbers.tgt_lang == "fr" and len(numbers.train) == 5

@@ -119,7 +119,7 @@ def _src(trained, n):
 
 def test_datamodule_token_batches(tmp_path):
     dm = TranslationDataModule(
-        corpus={"max_digits": 3, "train_size": 400, "val_size": 5, "test_size": 5},
+        numbers={"max_digits": 3, "train_size": 400, "val_size": 5, "test_size": 5},
         vocab_size=300,
         max_tokens=200,
     )
@@ -135,12 +135,12 @@ def test_train_py_end_to_end(tmp_path):
     args = [
         "task=translation",
         f"hydra.run.dir={run_dir}",
-        "task.data.corpus.max_digits=3",
-        "task.data.corpus.train_size=512",
-        "task.data.corpus.val_size=8",
-        "task.data.corpus.test_size=8",
-        "task.data.corpus.val_fraction=0.1",
-        "task.data.corpus.test_fraction=0.1",
+        "task.data.numbers.max_digits=3",
+        "task.data.numbers.train_size=512",
+        "task.data.numbers.val_size=8",
+        "task.data.numbers.test_size=8",
+        "task.data.numbers.val_fraction=0.1",
+        "task.data.numbers.test_fraction=0.1",
         "task.data.vocab_size=300",
         "task.data.batch_size=64",
         "task.model.embed_dim=32",
