@@ -419,6 +419,23 @@ def _torch_layer_kwargs(layer: nn.Module) -> dict:
     }
 
 
+def _stack_from_torch(cls: type, stack: nn.Module, layer_cls: type) -> nn.Module:
+    layers = list(stack.layers)
+    kwargs = _torch_layer_kwargs(layers[0])
+    norm = stack.norm
+    if norm is not None and not isinstance(norm, nn.LayerNorm):
+        raise ValueError(f"final norm must be LayerNorm or None, got {type(norm).__name__}")
+    embed_dim, num_heads = kwargs.pop("embed_dim"), kwargs.pop("num_heads")
+    new = cls(len(layers), embed_dim, num_heads, final_norm=False, **kwargs)
+    for mine, theirs in zip(new.layers, layers, strict=True):
+        mine.load_torch_state_dict(theirs.state_dict())
+    if norm is not None:  # PyTorch allows a final norm after post-norm layers too
+        new.norm = nn.LayerNorm(embed_dim, eps=norm.eps)
+        new.norm.load_state_dict(norm.state_dict())
+    ref = layers[0].linear1.weight
+    return new.to(device=ref.device, dtype=ref.dtype).train(stack.training)
+
+
 def _drop_path_ramp(num_layers: int, drop_path: float) -> list[float]:
     """Linear stochastic-depth ramp ``0 .. drop_path`` over the layers (DeiT/timm)."""
     if num_layers == 1:
@@ -455,6 +472,13 @@ class Encoder(nn.Module):
         norm_first = layer_kwargs.get("norm_first", True)
         eps = layer_kwargs.get("layer_norm_eps", 1e-5)
         self.norm = nn.LayerNorm(embed_dim, eps=eps) if final_norm and norm_first else nn.Identity()
+
+    @classmethod
+    def from_torch(cls, encoder: nn.TransformerEncoder) -> Encoder:
+        """Equivalent stack (same outputs) from an ``nn.TransformerEncoder`` (with its final ``norm``)."""
+        if not isinstance(encoder, nn.TransformerEncoder):
+            raise TypeError(f"expected nn.TransformerEncoder, got {type(encoder).__name__}")
+        return _stack_from_torch(cls, encoder, EncoderLayer)
 
     def forward(
         self,
@@ -510,6 +534,13 @@ class Decoder(nn.Module):
         norm_first = layer_kwargs.get("norm_first", True)
         eps = layer_kwargs.get("layer_norm_eps", 1e-5)
         self.norm = nn.LayerNorm(embed_dim, eps=eps) if final_norm and norm_first else nn.Identity()
+
+    @classmethod
+    def from_torch(cls, decoder: nn.TransformerDecoder) -> Decoder:
+        """Equivalent stack (same outputs) from an ``nn.TransformerDecoder`` (with its final ``norm``)."""
+        if not isinstance(decoder, nn.TransformerDecoder):
+            raise TypeError(f"expected nn.TransformerDecoder, got {type(decoder).__name__}")
+        return _stack_from_torch(cls, decoder, DecoderLayer)
 
     def make_cache(self) -> DecoderCache:
         """A fresh ``DecoderCache`` for this decoder's layers."""

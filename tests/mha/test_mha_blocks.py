@@ -88,6 +88,25 @@ def test_encoder_stack_matches_torch_encoder():
     assert len(ws) == 2 and ws[0].shape == (2, H, 6, 6)
 
 
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_stacks_from_torch(norm_first):
+    torch.manual_seed(0)
+    enc_layer = nn.TransformerEncoderLayer(E, H, dim_feedforward=48, norm_first=norm_first, batch_first=True)
+    ref_enc = perturb(
+        nn.TransformerEncoder(enc_layer, 2, norm=nn.LayerNorm(E), enable_nested_tensor=False)
+    ).eval()
+    dec_layer = nn.TransformerDecoderLayer(E, H, dim_feedforward=48, norm_first=norm_first, batch_first=True)
+    ref_dec = perturb(nn.TransformerDecoder(dec_layer, 2, norm=nn.LayerNorm(E))).eval()
+    enc, dec = Encoder.from_torch(ref_enc).eval(), Decoder.from_torch(ref_dec).eval()
+    src, tgt = torch.randn(2, 7, E), torch.randn(2, 5, E)
+    close(enc(src)[0], ref_enc(src))
+    causal = nn.Transformer.generate_square_subsequent_mask(5)
+    close(dec(tgt, src)[0], ref_dec(tgt, src, tgt_mask=causal, tgt_is_causal=True))
+    cache = dec.make_cache()  # a PyTorch decoder, decoded incrementally
+    steps = torch.cat([dec(tgt[:, i : i + 1], src, cache=cache)[0] for i in range(5)], 1)
+    close(steps, ref_dec(tgt, src, tgt_mask=causal, tgt_is_causal=True))
+
+
 def test_encoder_drop_path_ramp_and_final_norm():
     enc = Encoder(4, E, H, drop_path=0.3)
     assert [layer.drop_path.p for layer in enc.layers] == pytest.approx([0.0, 0.1, 0.2, 0.3])
