@@ -7,6 +7,7 @@ compose config -> build the task (``task._target_``) -> data module + model -> T
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     from tasks.common import AtomicCheckpointIO, format_table, plot_metrics, write_results
     from tasks.lit import TaskModule
 
+    for name in ("lightning.pytorch", "lightning.fabric"):  # log once, through Hydra's console + train.log
+        logging.getLogger(name).handlers.clear()
     run_dir = Path(cfg.paths.output_dir)
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(

@@ -22,9 +22,9 @@ class PatchEmbed(nn.Module):
 
     ``stem_channels=()`` is the plain ViT embedding: one ``patch_size`` x ``patch_size`` linear projection
     per patch (a strided conv, timm's ``patch_embed.proj``). A non-empty ``stem_channels`` puts a small conv
-    stem in front (CCT-style: per entry conv3x3 -> BatchNorm -> GELU -> max-pool /2), and ``proj`` then
-    covers the remaining ``patch_size / 2**len(stem_channels)`` pixels, so ``patch_size`` always means the
-    pixels per token side.
+    stem in front (CCT-style: per entry conv3x3 -> BatchNorm -> GELU -> max-pool /2, rounding up), and
+    ``proj`` then covers the remaining ``patch_size / 2**len(stem_channels)`` pixels, so ``patch_size`` is
+    the pixels per token side (28 px with a 3-stage stem and patch_size 8: 28 -> 4 px, 4x4 tokens).
     """
 
     def __init__(
@@ -36,13 +36,20 @@ class PatchEmbed(nn.Module):
         stem_channels: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
         down = 2 ** len(stem_channels)
         if patch_size % down:
             raise ValueError(
                 f"patch_size {patch_size} is not divisible by the conv stem's downsampling {down} "
                 f"(stem_channels={list(stem_channels)}); use fewer stem stages or a larger patch_size"
+            )
+        side = image_size
+        for _ in stem_channels:
+            side = (side + 1) // 2  # max-pool 3x3, stride 2, padding 1 rounds up: 28 -> 14 -> 7 -> 4
+        kernel = patch_size // down
+        if side % kernel:
+            raise ValueError(
+                f"image_size {image_size} is not divisible by patch_size {patch_size}"
+                + (f" (after the conv stem: {side} px into {kernel} px patches)" if stem_channels else "")
             )
         layers: list[nn.Module] = []
         c = in_chans
@@ -55,8 +62,8 @@ class PatchEmbed(nn.Module):
             ]
             c = out
         self.stem = nn.Sequential(*layers) if layers else nn.Identity()
-        self.proj = nn.Conv2d(c, embed_dim, patch_size // down, stride=patch_size // down)
-        self.grid_size = image_size // patch_size
+        self.proj = nn.Conv2d(c, embed_dim, kernel, stride=kernel)
+        self.grid_size = side // kernel
         self.num_patches = self.grid_size**2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,21 @@ def test_vit_shapes(pool, stem):
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_conv_stem_rounds_odd_sides_up():
+    model = ViT(
+        image_size=28,
+        patch_size=8,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        stem_channels=(4, 8, 16),
+    )  # 28 -> 14 -> 7 -> 4 px: 4x4 tokens
+    assert model.patch_embed.grid_size == 4
+    assert model.forward_features(torch.randn(2, 1, 28, 28)).shape == (2, 17, 16)
+
+
 def test_vit_rejects_bad_sizes():
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         ViT(image_size=28, patch_size=5)
