@@ -193,8 +193,18 @@ def module_rows(shape: tuple, backward: bool) -> list[dict]:
         step = (lambda fn=fn: fn().backward(grad)) if backward else fn
         with torch.no_grad() if not backward else torch.enable_grad():
             ms = run_guarded(lambda step=step: time_ms(step))
-        rows.append({"name": name, "ms": ms})
+        row = {"name": name, "ms": ms, "err": None}
+        if name.startswith("ours"):
+            row["backend"] = mha.last_backend()
+        rows.append(row)
         _free()
+    if isinstance(rows[0]["ms"], float) and isinstance(rows[2]["ms"], float):  # correctness guard
+        with torch.no_grad():
+            diff = (
+                fns["ours MultiHeadAttention"]().float()
+                - fns["nn.MultiheadAttention need_weights=False"]().float()
+            )
+        rows[0]["err"] = diff.abs().max().item()
     flops = attn_flops(b, h, n, d, causal, backward) + 8 * b * n * e * e * (3 if backward else 1)
     ours_ms = rows[0]["ms"]
     for row in rows:
@@ -219,7 +229,8 @@ def markdown(results: list[dict]) -> str:
             if isinstance(ms, str) and ms.startswith("n/a: "):
                 note, ms = note + ms[5:], "n/a"
             if row.get("err") is not None:
-                note += f" max err vs flash {row['err']:.1e}"
+                ref = "flash" if res["level"] == "kernel" else "nn need_weights=False"
+                note += f" max err vs {ref} {row['err']:.1e}"
             cells = [res["shape"][:4], res["shape"][4], res["pass"], row["name"], fmt(ms, ".3f")]
             cells += [fmt(row["tflops"], ".1f"), fmt(row["ratio"], ".2f"), note.strip()]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")

@@ -10,7 +10,15 @@ See ``mha/README.md``.
 
 from .blocks import MLP, Decoder, DecoderLayer, DropPath, Encoder, EncoderLayer, LayerScale
 from .cache import DecoderCache, KVCache
-from .functional import BACKEND_RULES, AttentionCall, BackendRule, attention, last_backend, select_backend
+from .functional import (
+    BACKEND_RULES,
+    AttentionCall,
+    BackendRule,
+    attention,
+    force_backend,
+    last_backend,
+    select_backend,
+)
 from .masks import and_masks, causal_mask, padding_mask, sliding_window_mask, torch_to_sdpa_mask
 from .modules import MultiHeadAttention, load_timm_attention
 from .positional import (
@@ -25,6 +33,7 @@ from .positional import (
 __all__ = [
     "attention",
     "last_backend",
+    "force_backend",
     "select_backend",
     "AttentionCall",
     "BackendRule",

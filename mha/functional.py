@@ -10,8 +10,8 @@ list (or pass ``backend=...``) to override.  ``last_backend()`` tells which back
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +21,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .masks import _check_broadcast, _check_mask_dtype, and_masks, causal_mask
 
-__all__ = ["attention", "last_backend", "select_backend", "AttentionCall", "BackendRule", "BACKEND_RULES"]
+__all__ = [
+    "attention",
+    "last_backend",
+    "force_backend",
+    "select_backend",
+    "AttentionCall",
+    "BackendRule",
+    "BACKEND_RULES",
+]
 
 BACKENDS = ("auto", "sdpa", "cudnn", "flash", "efficient", "math", "flex", "eager")
 _SDPA_BACKENDS = {
@@ -30,7 +38,7 @@ _SDPA_BACKENDS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
-_STATE: dict[str, str | None] = {"last": None}
+_STATE: dict[str, str | None] = {"last": None, "forced": None}
 
 
 def last_backend() -> str | None:
@@ -42,6 +50,23 @@ def last_backend() -> str | None:
     ``"cudnn>flash>efficient>math"``).
     """
     return _STATE["last"]
+
+
+@contextmanager
+def force_backend(backend: str) -> Iterator[None]:
+    """Inside this context every ``attention(..., backend="auto")`` call (so every module) uses ``backend``.
+
+    For debugging and benchmarking whole models: ``with mha.force_backend("math"): model(x)``.  Calls that
+    request weights still use the eager path.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    previous = _STATE["forced"]
+    _STATE["forced"] = None if backend == "auto" else backend
+    try:
+        yield
+    finally:
+        _STATE["forced"] = previous
 
 
 @dataclass(frozen=True)
@@ -148,7 +173,8 @@ def attention(
         block_mask: FlexAttention ``BlockMask``.
         backend: ``"auto"`` (see ``BACKEND_RULES``), ``"sdpa"``, ``"cudnn"``, ``"flash"``, ``"efficient"``,
             ``"math"``, ``"flex"`` or ``"eager"``.  A forced SDPA backend that cannot run the call raises.
-        return_weights: also return the attention probabilities (uses the eager path).
+        return_weights: also return the attention probabilities (uses the eager path).  They are the
+            probabilities before dropout.
 
     Returns:
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
@@ -180,6 +206,8 @@ def attention(
         )
         mask = mask | ~keep if mask.dtype == torch.bool else torch.where(keep, mask, 0.0)
 
+    if backend == "auto" and _STATE["forced"] is not None and not return_weights:
+        backend = _STATE["forced"]
     if backend == "auto":
         call = AttentionCall(
             device_type=q.device.type,

@@ -232,6 +232,22 @@ def test_backend_rules_table():
     assert select_backend(AttentionCall(**{**base, "device_type": "cpu"})) == ("sdpa",)
 
 
+def test_force_backend_context():
+    q, k, v = qkv()
+    m = mha.MultiHeadAttention(8, 2)
+    with mha.force_backend("math"):
+        mha.attention(q, k, v)
+        assert mha.last_backend() == "math"
+        m(torch.randn(1, 3, 8))
+        assert mha.last_backend() == "math"
+        mha.attention(q, k, v, return_weights=True)
+        assert mha.last_backend() == "eager"
+    mha.attention(q, k, v)
+    assert mha.last_backend() == "sdpa"
+    with pytest.raises(ValueError, match="backend must be one of"), mha.force_backend("fast"):
+        pass
+
+
 def test_rules_are_overridable(monkeypatch):
     rule = mha.BackendRule("force math for the test", lambda c: True, ("math",))
     monkeypatch.setattr(mha.functional, "BACKEND_RULES", [rule])
