@@ -169,3 +169,17 @@ def test_train_py_end_to_end(tmp_path):
         assert (run_dir / name).is_file(), name
     hyps = Translator(run_dir / "checkpoints" / "best.ckpt")(["forty-two", "seventeen"], beam_size=2)
     assert len(hyps) == 2 and all(isinstance(h, str) for h in hyps)
+
+
+@pytest.mark.slow
+def test_default_config_reaches_95_percent_exact_match(tmp_path):
+    """The issue-4 target: the embedded default reaches >= 95% exact match on held-out numbers (CPU)."""
+    run_dir = tmp_path / "default"
+    proc = run_train(
+        ["task=translation", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"], timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(run_dir / "results.csv") as f:
+        rows = {row["model"]: row for row in csv.DictReader(f)}
+    assert float(rows["translation (ours)"]["exact_match"]) >= 0.95
+    assert float(rows["copy source"]["exact_match"]) == 0.0
