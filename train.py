@@ -54,6 +54,8 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.matmul_precision)
+    elif cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
 
     task = instantiate(cfg.task, _convert_="all")  # the Task subclass named by task._target_
     datamodule = task.build_datamodule()

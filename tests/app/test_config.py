@@ -49,6 +49,17 @@ def test_every_task_config_composes(name: str):
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
 
 
+@pytest.mark.parametrize("name", TASK_CONFIGS)
+def test_task_config_overrides_trainer_and_optim_defaults(name: str):
+    """A task's own trainer / optim values beat conf/trainer/default.yaml and config.yaml (defaults order)."""
+    raw = OmegaConf.load(CONF / "task" / f"{name}.yaml")
+    cfg = _compose([f"task={name}"])
+    for group in ("trainer", "optim"):
+        for key, value in (raw.get(group) or {}).items():
+            assert cfg[group][key] == value, f"{group}.{key} from conf/task/{name}.yaml was overridden"
+    assert _compose([f"task={name}", "trainer.max_epochs=3"]).trainer.max_epochs == 3  # the command line wins
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment: str):
     cfg = _compose([f"experiment={experiment}"])
