@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -410,20 +410,50 @@ def _sdpa(
     order: tuple[str, ...],
     forced: bool,
 ) -> Tensor:
-    if order == ("sdpa",):
-        ctx = nullcontext()
-    else:
-        if len(order) > 1 and not forced and q.is_cuda and not torch.compiler.is_compiling():
-            order = _first_usable(q, k, v, mask, is_causal, dropout_p, gqa, order)
-        if gqa and order[0] in ("cudnn", "efficient"):  # these kernels take no enable_gqa: repeat k/v heads
-            groups = q.shape[1] // k.shape[1]
-            k, v, gqa = _expand_kv(k, groups), _expand_kv(v, groups), False
-        ctx = sdpa_kernel([_SDPA_BACKENDS[name] for name in order], set_priority=True)
-    _STATE["last"] = ">".join(order)
-    with ctx:
+    def call(k: Tensor, v: Tensor, gqa: bool) -> Tensor:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=gqa
         )
+
+    if order == ("sdpa",):
+        _STATE["last"] = "sdpa"
+        return call(k, v, gqa)
+    compiling = torch.compiler.is_compiling()
+    if len(order) > 1 and not forced and q.is_cuda and not compiling:
+        order = _first_usable(q, k, v, mask, is_causal, dropout_p, gqa, order)
+    if gqa and order[0] in ("cudnn", "efficient"):  # these kernels take no enable_gqa: repeat k/v heads
+        groups = q.shape[1] // k.shape[1]
+        k, v, gqa = _expand_kv(k, groups), _expand_kv(v, groups), False
+    _STATE["last"] = ">".join(order)
+    if compiling or len(order) > 1:  # traceable, and SDPA falls back along the list
+        with sdpa_kernel([_SDPA_BACKENDS[name] for name in order], set_priority=True):
+            return call(k, v, gqa)
+    return _run_only(order[0], lambda: call(k, v, gqa))
+
+
+# (is_enabled, enable) per SDPA backend: flipping four flags costs ~4 us; ``sdpa_kernel`` costs ~30-70 us,
+# which is more than the whole kernel at ViT sizes.
+_SDPA_FLAGS = {
+    "cudnn": (torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp),
+    "flash": (torch.backends.cuda.flash_sdp_enabled, torch.backends.cuda.enable_flash_sdp),
+    "efficient": (
+        torch.backends.cuda.mem_efficient_sdp_enabled,
+        torch.backends.cuda.enable_mem_efficient_sdp,
+    ),
+    "math": (torch.backends.cuda.math_sdp_enabled, torch.backends.cuda.enable_math_sdp),
+}
+
+
+def _run_only(name: str, fn: Callable[[], Tensor]) -> Tensor:
+    """Run ``fn`` with only SDPA backend ``name`` enabled (eager mode), restoring the flags afterwards."""
+    previous = [is_enabled() for is_enabled, _ in _SDPA_FLAGS.values()]
+    try:
+        for backend, (_, enable) in _SDPA_FLAGS.items():
+            enable(backend == name)
+        return fn()
+    finally:
+        for (_, enable), was in zip(_SDPA_FLAGS.values(), previous, strict=True):
+            enable(was)
 
 
 def _first_usable(
@@ -444,6 +474,8 @@ def _first_usable(
     }
     try:
         for name in order:
+            if not _SDPA_FLAGS[name][0]():  # disabled globally by the user (torch.backends.cuda.enable_*_sdp)
+                continue
             if name == "math":
                 return ("math",)
             kk, vv, g = k, v, gqa
