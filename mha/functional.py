@@ -56,8 +56,9 @@ def last_backend() -> str | None:
 def force_backend(backend: str) -> Iterator[None]:
     """Inside this context every ``attention(..., backend="auto")`` call (so every module) uses ``backend``.
 
-    For debugging and benchmarking whole models: ``with mha.force_backend("math"): model(x)``.  Calls that
-    request weights still use the eager path.
+    For debugging and benchmarking whole models: ``with mha.force_backend("math"): model(x)``.  Calls the
+    forced kernel cannot serve keep the automatic choice: weights requested (eager), ``score_mod``/
+    ``block_mask`` under an SDPA backend, dropout under ``"flex"``.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -165,8 +166,7 @@ def attention(
         mask: SDPA convention, broadcastable to ``(batch, heads, q_len, k_len)``: bool ``True`` = may attend,
             float = added to the scores.
         is_causal: causal masking aligned bottom-right: query ``i`` sees keys ``j <= i + k_len - q_len``
-        (with a
-            KV cache the newest query sees every key).  Combines with ``mask``.
+            (with a KV cache the newest query sees every key).  Combines with ``mask``.
         scale: score scale, default ``1 / sqrt(head_dim)``.
         dropout_p: dropout on the attention probabilities (pass 0 at inference; modules do this for you).
         score_mod: FlexAttention score modifier ``(score, b, h, q_idx, kv_idx) -> score``.
@@ -180,6 +180,11 @@ def attention(
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
     """
+    forced = _STATE["forced"]
+    if backend == "auto" and forced is not None and not return_weights:  # inside force_backend(...)
+        flex_call = score_mod is not None or block_mask is not None
+        if (forced in ("flex", "eager") or not flex_call) and not (forced == "flex" and dropout_p > 0.0):
+            backend = forced  # a forced kernel that cannot run this call (e.g. math + score_mod) is not used
     _check_inputs(q, k, v, mask, backend, dropout_p, return_weights, score_mod, block_mask)
     batch, heads, q_len, head_dim = q.shape
     k_len = k.shape[2]
@@ -206,8 +211,6 @@ def attention(
         )
         mask = mask | ~keep if mask.dtype == torch.bool else torch.where(keep, mask, 0.0)
 
-    if backend == "auto" and _STATE["forced"] is not None and not return_weights:
-        backend = _STATE["forced"]
     if backend == "auto":
         call = AttentionCall(
             device_type=q.device.type,

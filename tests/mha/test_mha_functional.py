@@ -242,6 +242,8 @@ def test_force_backend_context():
         assert mha.last_backend() == "math"
         mha.attention(q, k, v, return_weights=True)
         assert mha.last_backend() == "eager"
+        mha.attention(q, k, v, score_mod=lambda s, b, h, qi, ki: s)  # math cannot run a score_mod
+        assert mha.last_backend() == "flex"
     mha.attention(q, k, v)
     assert mha.last_backend() == "sdpa"
     with pytest.raises(ValueError, match="backend must be one of"), mha.force_backend("fast"):
