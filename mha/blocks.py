@@ -68,8 +68,7 @@ class MLP(nn.Module):
 
 class DropPath(nn.Module):
     """Stochastic depth: zero a sample's whole residual branch with probability ``p`` (training only), scale
-    the
-    kept ones by ``1 / (1 - p)``."""
+    the kept ones by ``1 / (1 - p)``."""
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -256,9 +255,8 @@ class DecoderLayer(nn.Module):
     """Causal self-attention + cross-attention + MLP block.  Same keyword arguments as ``EncoderLayer``.
 
     Pre-norm: ``x += sa(norm1(x))``, ``x += ca(norm2(x), memory)``, ``x += mlp(norm3(x))``; post-norm puts
-    each
-    norm after its residual sum (``nn.TransformerDecoderLayer``).  ``positional`` applies to self-attention
-    only.
+    each norm after its residual sum (``nn.TransformerDecoderLayer``).  ``positional`` applies to
+    self-attention only.
     """
 
     def __init__(
@@ -319,8 +317,7 @@ class DecoderLayer(nn.Module):
         Masks follow ``nn.TransformerDecoderLayer`` (bool ``True`` = masked out).  ``tgt_is_causal`` (default
         ``True``) applies the causal mask itself, no ``tgt_mask`` needed.  ``cache``: ``(self KVCache, static
         cross KVCache)`` for incremental decoding (``x`` holds only the new tokens; ``tgt_key_padding_mask``
-        then
-        covers all decoded tokens).  Cross-attention weights ``(batch, heads, tgt_len, src_len)`` when
+        then covers all decoded tokens).  Cross-attention weights ``(batch, heads, tgt_len, src_len)`` when
         ``need_weights``.
         """
         self_cache, cross_cache = cache if cache is not None else (None, None)
@@ -510,8 +507,8 @@ class Decoder(nn.Module):
     """A stack of ``DecoderLayer`` plus a final LayerNorm (pre-norm only), with incremental decoding.
 
     ``make_cache()`` returns a ``DecoderCache``; then call ``decoder(x_new, memory, cache=cache)`` with the
-    new
-    tokens ``(batch, 1, E)`` each step: outputs equal the last rows of a full causal forward over the prefix.
+    new tokens ``(batch, 1, E)`` each step: outputs equal the last rows of a full causal forward over the
+    prefix.
     """
 
     def __init__(
@@ -561,8 +558,7 @@ class Decoder(nn.Module):
         need_weights: bool = False,
     ) -> tuple[Tensor, list[Tensor] | None]:
         """``x`` ``(batch, tgt_len, E)``, ``memory`` ``(batch, src_len, E)`` -> ``(x, per-layer
-        cross-attention
-        weights (batch, heads, tgt_len, src_len) or None)``."""
+        cross-attention weights (batch, heads, tgt_len, src_len) or None)``."""
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(
                 f"cache has {len(cache)} layers, decoder has {len(self.layers)}; use make_cache()"

@@ -13,8 +13,8 @@ class KVCache:
 
     Args:
         static: ``False`` (self-attention): every call appends the new keys/values.  ``True``
-        (cross-attention):
-            the first call stores the projected memory keys/values and later calls reuse them.
+            (cross-attention): the first call stores the projected memory keys/values and later calls
+            reuse them.
 
     Attributes:
         k, v: ``(batch, kv_heads, seq_len, head_dim)`` or ``None`` while empty.

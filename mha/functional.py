@@ -1,10 +1,9 @@
 """``mha.attention``: the one functional entry every module calls, and the table that picks its kernel.
 
 Tensors are ``(batch, heads, seq, head_dim)``; masks follow SDPA (bool ``True`` = may attend, float = added
-to the
-scores).  ``backend="auto"`` walks ``BACKEND_RULES`` top to bottom and uses the first rule that applies; edit
-that
-list (or pass ``backend=...``) to override.  ``last_backend()`` tells which backend the latest call used.
+to the scores).  ``backend="auto"`` walks ``BACKEND_RULES`` top to bottom and uses the first rule that
+applies; edit that list (or pass ``backend=...``) to override.  ``last_backend()`` tells which backend the
+latest call used.
 """
 
 from __future__ import annotations

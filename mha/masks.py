@@ -11,9 +11,8 @@ key_padding_mask=...)`` (nn.MultiheadAttention)
 ================================================  ======================  ==================
 
 The module keeps ``nn.MultiheadAttention``'s polarity so it is a drop-in replacement; the functional entry
-keeps
-``F.scaled_dot_product_attention``'s polarity.  ``torch_to_sdpa_mask`` converts the first into the second.
-A query row whose every key is masked yields zeros (and zero weights), never NaN, in both.
+keeps ``F.scaled_dot_product_attention``'s polarity.  ``torch_to_sdpa_mask`` converts the first into the
+second. A query row whose every key is masked yields zeros (and zero weights), never NaN, in both.
 """
 
 from __future__ import annotations
@@ -34,8 +33,7 @@ def causal_mask(q_len: int, k_len: int | None = None, *, device: torch.device | 
     """Bool causal mask in the SDPA convention (``True`` = may attend), aligned bottom-right.
 
     Query ``i`` may attend key ``j`` when ``j <= i + (k_len - q_len)``: with a KV cache (``q_len < k_len``)
-    the
-    last query sees every key, which is what an incremental decoding step needs.
+    the last query sees every key, which is what an incremental decoding step needs.
 
     Returns:
         ``(q_len, k_len)`` bool tensor.

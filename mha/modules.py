@@ -24,12 +24,10 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention over ``(batch, seq, embed_dim)`` tensors, for self- and cross-attention.
 
     A drop-in for ``nn.MultiheadAttention(batch_first=True)``: the shared arguments keep their names and
-    meanings
-    (``attn_mask``/``key_padding_mask``: bool ``True`` = masked OUT, float = added to the scores) and
+    meanings (``attn_mask``/``key_padding_mask``: bool ``True`` = masked OUT, float = added to the scores) and
     ``from_torch`` / ``load_state_dict`` accept its weights unchanged (same parameter names).  One deliberate
     difference: ``need_weights`` defaults to ``False``; PyTorch's default ``True`` materialises the weights
-    and
-    runs ~2x slower.  Fully masked query rows give zeros instead of NaN.
+    and runs ~2x slower.  Fully masked query rows give zeros instead of NaN.
 
     Args:
         embed_dim: model size ``E``; must be divisible by ``num_heads``.
@@ -38,22 +36,22 @@ class MultiHeadAttention(nn.Module):
             ``num_heads``; 1 = multi-query).
         kdim, vdim: feature sizes of ``key``/``value`` for cross-attention (default ``embed_dim``).
         bias: bias on the q/k/v in-projection (and on the output projection unless ``out_bias`` says
-        otherwise).
+            otherwise).
         out_bias: bias on the output projection (default: ``bias``); timm's ``qkv_bias=False`` keeps it
-        ``True``.
+            ``True``.
         dropout: dropout on the attention probabilities, training only.
         qk_norm: LayerNorm over ``head_dim`` on queries and keys (ViT-22B / timm ``qk_norm``).
-        positional: ``None``, ``"rope"`` (rotary, on q/k of self-attention) or ``"alibi"`` (linear distance
-        bias).
-            Absolute (sinusoidal/learned) positions belong on the embeddings, outside this module.
+        positional: ``None``, ``"rope"`` (rotary, on q/k of self-attention) or ``"alibi"`` (linear
+            distance bias).  Absolute (sinusoidal/learned) positions belong on the embeddings, outside
+            this module.
         batch_first: ``True`` for ``(batch, seq, embed)``; ``False`` for ``(seq, batch, embed)``.
         rope_base: RoPE frequency base.
         backend: ``mha.attention`` backend (default ``"auto"``); change the attribute to force one.
 
     Parameters (``nn.MultiheadAttention`` names): ``in_proj_weight`` ``(E + 2 * Hkv * head_dim, E)`` when
     ``kdim == vdim == E`` (one fused q/k/v matmul for self-attention), else ``q_proj_weight``,
-    ``k_proj_weight``,
-    ``v_proj_weight``; ``in_proj_bias``; ``out_proj`` (``nn.Linear``); ``q_norm``/``k_norm``.
+    ``k_proj_weight``, ``v_proj_weight``; ``in_proj_bias``; ``out_proj`` (``nn.Linear``);
+    ``q_norm``/``k_norm``.
     """
 
     batch_first: Final[bool]
@@ -220,8 +218,7 @@ class MultiHeadAttention(nn.Module):
             average_attn_weights: average the returned weights over heads.
             cache: ``KVCache()`` for self-attention decoding (new keys are appended; RoPE/ALiBi positions
                 continue from ``cache.seq_len``); ``KVCache(static=True)`` for cross-attention (memory keys
-                are
-                projected once, on the first call, then reused; ``key`` may then be ``None``).
+                are projected once, on the first call, then reused; ``key`` may then be ``None``).
             positions: ``(q_len,)`` or ``(batch, q_len)`` integer positions for RoPE/ALiBi
                 (default ``cache.seq_len + arange(q_len)``).
 

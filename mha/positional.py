@@ -1,6 +1,5 @@
 """Positions: sinusoidal and learned absolute embeddings (added to token embeddings by the model), RoPE
-(rotates
-q and k inside attention) and ALiBi (a per-head linear distance bias on the scores)."""
+(rotates q and k inside attention) and ALiBi (a per-head linear distance bias on the scores)."""
 
 from __future__ import annotations
 
@@ -110,8 +109,7 @@ class RotaryEmbedding(nn.Module):
 
     ``forward(x, positions)``: ``x`` ``(batch, heads, seq, head_dim)``, ``positions`` ``(seq,)`` or
     ``(batch, seq)`` integer offsets.  Returns the rotated tensor, same shape and dtype.  Scores of rotated q
-    and k
-    depend only on the position difference (tested).
+    and k depend only on the position difference (tested).
     """
 
     inv_freq: Tensor
@@ -165,8 +163,7 @@ def alibi_bias(slopes: Tensor, q_positions: Tensor, k_positions: Tensor, dtype: 
 
     Returns:
         ``(heads, q_len, k_len)`` or ``(batch, heads, q_len, k_len)`` float bias (an SDPA float mask).  Under
-        a
-        causal mask this equals the paper's ``slope * (k_pos - q_pos)``.
+        a causal mask this equals the paper's ``slope * (k_pos - q_pos)``.
     """
     dist = (q_positions[..., :, None] - k_positions[..., None, :]).abs().to(torch.float32)  # (..., Lq, Lk)
     dist = dist.unsqueeze(-3)  # (..., 1, Lq, Lk)
