@@ -82,6 +82,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
         default_root_dir=run_dir,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final state, even mid-epoch
 
     rows: dict[str, dict[str, float]] = {}
     if cfg.run_test:
