@@ -200,7 +200,7 @@ class TranslationTask(Task):
                 self._test_hyps[i] = hyp
         done = sorted(self._test_hyps)
         with open(run_dir / "samples.tsv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
+            writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
             writer.writerow(["source", "reference", "hypothesis"])
             for i in done:
                 writer.writerow([test[i][0], test[i][1], self._test_hyps[i]])
