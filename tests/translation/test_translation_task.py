@@ -169,6 +169,24 @@ def test_train_py_end_to_end(tmp_path):
         assert (run_dir / name).is_file(), name
     hyps = Translator(run_dir / "checkpoints" / "best.ckpt")(["forty-two", "seventeen"], beam_size=2)
     assert len(hyps) == 2 and all(isinstance(h, str) for h in hyps)
+    # resume in a new run folder: the tokenizer beside the checkpoint is reused (a retrained one of
+    # another size would not fit the saved embeddings), and training continues to epoch 3
+    resumed = tmp_path / "resumed"
+    args = [
+        a for a in args if not a.startswith(("hydra.run.dir", "trainer.max_epochs", "task.data.vocab_size"))
+    ]
+    proc = run_train(
+        [
+            *args,
+            f"hydra.run.dir={resumed}",
+            "trainer.max_epochs=3",
+            "task.data.vocab_size=350",
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        ],
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (resumed / "tokenizer.json").read_text() == (run_dir / "tokenizer.json").read_text()
 
 
 @pytest.mark.slow
