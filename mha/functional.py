@@ -24,6 +24,7 @@ __all__ = [
     "attention",
     "last_backend",
     "force_backend",
+    "clear_backend_cache",
     "select_backend",
     "AttentionCall",
     "BackendRule",
@@ -211,21 +212,7 @@ def attention(
         mask = mask | ~keep if mask.dtype == torch.bool else torch.where(keep, mask, 0.0)
 
     if backend == "auto":
-        call = AttentionCall(
-            device_type=q.device.type,
-            dtype=q.dtype,
-            head_dim=head_dim,
-            q_len=q_len,
-            k_len=k_len,
-            has_mask=mask is not None,
-            is_causal=is_causal,
-            gqa=gqa,
-            dropout=dropout_p > 0.0,
-            flex=score_mod is not None or block_mask is not None,
-            return_weights=return_weights,
-            requires_grad=torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad),
-        )
-        order = select_backend(call)
+        order = _decide(q, k, v, mask, is_causal, dropout_p, gqa, score_mod, block_mask, return_weights)
     else:
         order = (backend,)
 
@@ -237,7 +224,7 @@ def attention(
         out = _flex(q, k, v, mask, is_causal, scale, score_mod, block_mask, gqa)
         _STATE["last"] = "flex"
     else:
-        out = _sdpa(q, k, v, mask, is_causal, scale, dropout_p, gqa, order, forced=backend != "auto")
+        out = _sdpa(q, k, v, mask, is_causal, scale, dropout_p, gqa, order)
 
     if keep is not None:
         out = torch.where(keep, out, 0.0)
@@ -246,6 +233,81 @@ def attention(
     if return_weights:
         return out, weights
     return out
+
+
+_DECISIONS: dict[tuple, tuple[str, ...]] = {}
+
+
+def _decide(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+    gqa: bool,
+    score_mod: Callable | None,
+    block_mask: object | None,
+    return_weights: bool,
+) -> tuple[str, ...]:
+    """Priority list for an ``auto`` call: the rules, then (eager CUDA) the first kernel that takes it.
+
+    Eager calls memoise the answer per call signature (shapes, strides, dtypes, flags), so a training loop
+    pays for the rules and the capability checks once.  ``clear_backend_cache()`` forgets it.
+    """
+    compiling = torch.compiler.is_compiling()
+    requires_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    key = None
+    if not compiling:
+        key = (
+            q.device,
+            q.dtype,
+            q.shape,
+            k.shape,
+            v.shape,
+            q.stride(),
+            k.stride(),
+            v.stride(),
+            None if mask is None else (mask.dtype, mask.shape, mask.stride()),
+            is_causal,
+            dropout_p > 0.0,
+            score_mod is not None or block_mask is not None,
+            return_weights,
+            requires_grad,
+            id(BACKEND_RULES),
+            len(BACKEND_RULES),
+            tuple(is_enabled() for is_enabled, _ in _SDPA_FLAGS.values()) if q.is_cuda else None,
+        )
+        order = _DECISIONS.get(key)
+        if order is not None:
+            return order
+    call = AttentionCall(
+        device_type=q.device.type,
+        dtype=q.dtype,
+        head_dim=q.shape[-1],
+        q_len=q.shape[2],
+        k_len=k.shape[2],
+        has_mask=mask is not None,
+        is_causal=is_causal,
+        gqa=gqa,
+        dropout=dropout_p > 0.0,
+        flex=score_mod is not None or block_mask is not None,
+        return_weights=return_weights,
+        requires_grad=requires_grad,
+    )
+    order = select_backend(call)
+    if len(order) > 1 and q.is_cuda and not compiling and order[0] in _SDPA_BACKENDS:
+        order = _first_usable(q, k, v, mask, is_causal, dropout_p, gqa, order)
+    if key is not None:
+        if len(_DECISIONS) > 4096:
+            _DECISIONS.clear()
+        _DECISIONS[key] = order
+    return order
+
+
+def clear_backend_cache() -> None:
+    """Forget memoised ``auto`` decisions (call after editing ``BACKEND_RULES`` in place)."""
+    _DECISIONS.clear()
 
 
 def _check_inputs(
@@ -410,7 +472,6 @@ def _sdpa(
     dropout_p: float,
     gqa: bool,
     order: tuple[str, ...],
-    forced: bool,
 ) -> Tensor:
     def call(k: Tensor, v: Tensor, gqa: bool) -> Tensor:
         return F.scaled_dot_product_attention(
@@ -421,8 +482,6 @@ def _sdpa(
         _STATE["last"] = "sdpa"
         return call(k, v, gqa)
     compiling = torch.compiler.is_compiling()
-    if len(order) > 1 and not forced and q.is_cuda and not compiling:
-        order = _first_usable(q, k, v, mask, is_causal, dropout_p, gqa, order)
     if gqa and order[0] in ("cudnn", "efficient"):  # these kernels take no enable_gqa: repeat k/v heads
         groups = q.shape[1] // k.shape[1]
         k, v, gqa = _expand_kv(k, groups), _expand_kv(v, groups), False

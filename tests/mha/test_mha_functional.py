@@ -282,3 +282,16 @@ def test_bad_input_raises(kwargs, err, match):
     args = {"q": q, "k": k, "v": v, **kwargs}
     with pytest.raises(err, match=match):
         mha.attention(args.pop("q"), args.pop("k"), args.pop("v"), **args)
+
+
+def test_auto_decisions_are_memoised_and_clearable():
+    mha.clear_backend_cache()
+    q, k, v = qkv()
+    mha.attention(q, k, v)
+    assert len(mha.functional._DECISIONS) == 1
+    mha.attention(q, k, v)  # same signature: reused
+    assert len(mha.functional._DECISIONS) == 1
+    mha.attention(q, k, v, is_causal=True)
+    assert len(mha.functional._DECISIONS) == 2
+    mha.clear_backend_cache()
+    assert not mha.functional._DECISIONS
