@@ -83,6 +83,20 @@ class TaskModule(L.LightningModule):
         self.log_dict(self.test_metrics, on_epoch=True)
         return loss
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm=None,
+    ) -> None:
+        """Clip the global gradient norm (``optim.grad_clip``).
+
+        Lightning refuses to clip for a fused optimizer under any AMP plugin; with bf16 there is no loss
+        scaler, gradients are already unscaled here, and clipping them directly is exact.
+        """
+        if gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), float(gradient_clip_val))
+
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim
         optimizer = torch.optim.AdamW(
@@ -90,7 +104,9 @@ class TaskModule(L.LightningModule):
             lr=float(opt["lr"]),
             betas=tuple(opt.get("betas", (0.9, 0.999))),
             eps=float(opt.get("eps", 1e-8)),
-            fused=torch.cuda.is_available() and next(self.model.parameters()).is_cuda,
+            # fused AdamW unscales fp16 gradients inside step(), after clipping would have run: only with
+            # bf16/fp32, where there is no loss scaler
+            fused=next(self.model.parameters()).is_cuda and "16-mixed" != str(self.trainer.precision),
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         lr_lambda = partial(
