@@ -96,7 +96,7 @@ def _sync() -> None:
 
 def _free() -> None:
     if DEVICE == "cuda":
-        _free()
+        torch.cuda.empty_cache()
 
 
 def attn_flops(b: int, h: int, n: int, d: int, causal: bool, backward: bool) -> float:

@@ -99,9 +99,11 @@ class BackendRule:
 
 _HALF = (torch.float16, torch.bfloat16)
 
-#: Rules for ``backend="auto"``, first match wins.  Measured on H100/H200 (see BENCHMARKS.md): cuDNN SDPA is
-#: the
-#: fastest bf16 kernel on Hopper at long sequences, flash next; at ViT sizes all are within noise.
+#: Rules for ``backend="auto"``, first match wins.  Measured with forced SDPA backends on an H200 (torch 2.11,
+#: bf16, 2026-11-22; ``bench/attention.py`` and BENCHMARKS.md): cuDNN was the fastest kernel at every shape
+#: from 197 to 16,384 tokens (1.4-1.8x flash forward at >= 1,024 tokens), also with a boolean mask (3x the
+#: memory-efficient kernel at (8, 16, 1024, 64)); at 64 tokens memory-efficient led; cuDNN raised for a
+#: single query (a decode step), so it never comes first there.
 BACKEND_RULES: list[BackendRule] = [
     BackendRule(
         "weights requested: only the eager path materialises them", lambda c: c.return_weights, ("eager",)
@@ -119,12 +121,27 @@ BACKEND_RULES: list[BackendRule] = [
         "not CUDA: PyTorch's SDPA picks its CPU kernel", lambda c: c.device_type != "cuda", ("sdpa",)
     ),
     BackendRule(
+        "CUDA, one query (decode step): cuDNN raises there, flash/efficient serve it",
+        lambda c: c.q_len == 1,
+        ("flash", "efficient", "math"),
+    ),
+    BackendRule(
+        "CUDA fp16/bf16, <= 128 keys: memory-efficient led at 64 tokens",
+        lambda c: c.dtype in _HALF and c.k_len <= 128 and c.head_dim <= 128,
+        ("efficient", "cudnn", "flash", "math"),
+    ),
+    BackendRule(
         "CUDA fp16/bf16, head_dim <= 128, no arbitrary mask: cuDNN first",
         lambda c: c.dtype in _HALF and c.head_dim <= 128 and not c.has_mask,
         ("cudnn", "flash", "efficient", "math"),
     ),
     BackendRule(
-        "CUDA with an arbitrary mask: memory-efficient takes additive masks",
+        "CUDA fp16/bf16 with a mask: cuDNN (3x memory-efficient with a boolean mask), then memory-efficient",
+        lambda c: c.has_mask and c.dtype in _HALF and c.head_dim <= 128,
+        ("cudnn", "efficient", "math"),
+    ),
+    BackendRule(
+        "CUDA with a mask otherwise: memory-efficient takes additive masks",
         lambda c: c.has_mask,
         ("efficient", "cudnn", "math"),
     ),
@@ -180,28 +197,54 @@ def attention(
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
     """
+    _check_inputs(q, k, v, mask, backend, dropout_p, return_weights, score_mod, block_mask)
+    if is_causal and block_mask is not None:
+        raise ValueError(
+            "is_causal=True with a block_mask: put causality into the block_mask's mask_mod instead"
+        )
+    return _attend(
+        q, k, v, mask, is_causal, scale, dropout_p, score_mod, block_mask, backend, return_weights, True
+    )
+
+
+def _attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    dropout_p: float,
+    score_mod: Callable | None,
+    block_mask: object | None,
+    backend: str,
+    return_weights: bool,
+    guard: bool,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``attention`` after validation (modules call this directly: their inputs are built, not given).
+
+    ``guard=False`` promises that ``mask`` leaves every query row at least one key (e.g. a key-padding mask
+    prepared by ``mha.masks.key_padding_to_sdpa``); then the fully-masked-row guard (an ``any``, an ``or``
+    and a ``where`` per call, and a ``where`` in backward) is skipped.  The guard is still built for the
+    rows a bottom-right causal mask empties (``q_len > k_len``).
+    """
     forced = _STATE["forced"]
     if backend == "auto" and forced is not None and not return_weights:  # inside force_backend(...)
         flex_call = score_mod is not None or block_mask is not None
         if (forced in ("flex", "eager") or not flex_call) and not (forced == "flex" and dropout_p > 0.0):
             backend = forced  # a forced kernel that cannot run this call (e.g. math + score_mod) is not used
-    _check_inputs(q, k, v, mask, backend, dropout_p, return_weights, score_mod, block_mask)
-    batch, heads, q_len, head_dim = q.shape
+    q_len = q.shape[2]
     k_len = k.shape[2]
-    gqa = heads != k.shape[1]
-    empty_rows = mask is not None  # could a query row be fully masked?
-    if mask is not None and mask.dtype != torch.bool:
+    gqa = q.shape[1] != k.shape[1]
+    empty_rows = guard and mask is not None  # could a query row be fully masked?
+    if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
         mask = mask.to(q.dtype)
-    if is_causal and block_mask is not None:
-        raise ValueError(
-            "is_causal=True with a block_mask: put causality into the block_mask's mask_mod instead"
-        )
     if is_causal and block_mask is None and (q_len != k_len or mask is not None):
         # SDPA's is_causal is top-left aligned and cannot be combined with a mask: build the mask ourselves
-        if q_len > 1 or mask is not None:
-            mask = and_masks(mask, causal_mask(q_len, k_len, device=q.device), q.dtype)
+        if q_len > 1:  # (a single query, the decode step, sees every key: no causal mask at all)
+            mask = and_masks(mask, _cached_causal_mask(q_len, k_len, q.device), q.dtype)
             empty_rows = empty_rows or q_len > k_len
-        is_causal = False  # q_len == 1 sees every key: no mask at all
+        is_causal = False
 
     keep = None
     if mask is not None and empty_rows:
@@ -233,6 +276,22 @@ def attention(
     if return_weights:
         return out, weights
     return out
+
+
+_CAUSAL: dict[tuple, Tensor] = {}
+
+
+def _cached_causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
+    """``causal_mask(q_len, k_len)``, built once per ``(q_len, k_len, device)`` in eager mode (read-only)."""
+    if torch.compiler.is_compiling():
+        return causal_mask(q_len, k_len, device=device)
+    key = (q_len, k_len, device)
+    mask = _CAUSAL.get(key)
+    if mask is None:
+        if len(_CAUSAL) > 256:
+            _CAUSAL.clear()
+        mask = _CAUSAL[key] = causal_mask(q_len, k_len, device=device)
+    return mask
 
 
 _DECISIONS: dict[tuple, tuple[str, ...]] = {}
