@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import DecoderCache, KVCache
+from .masks import key_padding_to_sdpa
 from .modules import MultiHeadAttention
 
 __all__ = ["MLP", "DropPath", "LayerScale", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder"]
@@ -63,7 +64,10 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., embed_dim) -> (..., embed_dim)``."""
-        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(x)))))
+        h = self.act(self.fc1(x))
+        if self.dropout.p == 0.0 or not self.training:  # (skip no-op module calls: eager CPU overhead)
+            return self.fc2(h)
+        return self.dropout(self.fc2(self.dropout(h)))
 
 
 class DropPath(nn.Module):
@@ -97,6 +101,26 @@ class LayerScale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gamma
+
+
+def _residual_branch(layer: nn.Module, out: Tensor, scale: nn.Module) -> Tensor:
+    """``drop_path(scale(dropout(out)))``, calling only the modules that do something (eager overhead)."""
+    if layer.training and layer.dropout.p > 0.0:
+        out = layer.dropout(out)
+    if not isinstance(scale, nn.Identity):
+        out = scale(out)
+    if layer.training and layer.drop_path.p > 0.0:
+        out = layer.drop_path(out)
+    return out
+
+
+def _residual_branch_mlp(layer: nn.Module, out: Tensor, scale: nn.Module) -> Tensor:
+    """``drop_path(scale(out))`` (the MLP applies its own dropout)."""
+    if not isinstance(scale, nn.Identity):
+        out = scale(out)
+    if layer.training and layer.drop_path.p > 0.0:
+        out = layer.drop_path(out)
+    return out
 
 
 def _check_common(
@@ -173,30 +197,29 @@ class EncoderLayer(nn.Module):
         is_causal: bool = False,
         positions: Tensor | None = None,
         need_weights: bool = False,
+        sdpa_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``x`` ``(batch, seq, embed_dim)`` -> ``(x, weights)``; weights ``(batch, heads, seq, seq)`` when
-        ``need_weights``.  Masks follow ``nn.MultiheadAttention`` (bool ``True`` = masked out)."""
-
-        def attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
-            out, w = self.self_attn(
-                h,
-                key_padding_mask=key_padding_mask,
-                attn_mask=attn_mask,
-                is_causal=is_causal,
-                positions=positions,
-                need_weights=need_weights,
-                average_attn_weights=False,
-            )
-            return self.ls1(self.dropout(out)), w
-
+        ``need_weights``.  Masks follow ``nn.MultiheadAttention`` (bool ``True`` = masked out);
+        ``sdpa_mask``: a prepared SDPA-convention mask (see ``MultiHeadAttention.forward``)."""
+        h = self.norm1(x) if self.norm_first else x
+        out, weights = self.self_attn(
+            h,
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            positions=positions,
+            need_weights=need_weights,
+            average_attn_weights=False,
+            sdpa_mask=sdpa_mask,
+        )
+        out = _residual_branch(self, out, self.ls1)
         if self.norm_first:
-            out, weights = attend(self.norm1(x))
-            x = x + self.drop_path(out)
-            x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+            x = x + out
+            x = x + _residual_branch_mlp(self, self.mlp(self.norm2(x)), self.ls2)
         else:
-            out, weights = attend(x)
-            x = self.norm1(x + self.drop_path(out))
-            x = self.norm2(x + self.drop_path(self.ls2(self.mlp(x))))
+            x = self.norm1(x + out)
+            x = self.norm2(x + _residual_branch_mlp(self, self.mlp(x), self.ls2))
         return x, weights
 
     @classmethod
@@ -311,6 +334,7 @@ class DecoderLayer(nn.Module):
         cache: tuple[KVCache, KVCache] | None = None,
         positions: Tensor | None = None,
         need_weights: bool = False,
+        memory_sdpa_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``x`` ``(batch, tgt_len, E)``, ``memory`` ``(batch, src_len, E)`` -> ``(x, cross_weights)``.
 
@@ -318,44 +342,39 @@ class DecoderLayer(nn.Module):
         ``True``) applies the causal mask itself, no ``tgt_mask`` needed.  ``cache``: ``(self KVCache, static
         cross KVCache)`` for incremental decoding (``x`` holds only the new tokens; ``tgt_key_padding_mask``
         then covers all decoded tokens).  Cross-attention weights ``(batch, heads, tgt_len, src_len)`` when
-        ``need_weights``.
+        ``need_weights``.  ``memory_sdpa_mask``: a prepared SDPA-convention mask for the cross-attention
+        (``mha.masks.key_padding_to_sdpa(memory_key_padding_mask)``; the ``Decoder`` passes it).
         """
         self_cache, cross_cache = cache if cache is not None else (None, None)
-
-        def self_block(h: Tensor) -> Tensor:
-            out, _ = self.self_attn(
-                h,
-                key_padding_mask=tgt_key_padding_mask,
-                attn_mask=tgt_mask,
-                is_causal=tgt_is_causal,
-                cache=self_cache,
-                positions=positions,
-            )
-            return self.ls1(self.dropout(out))
-
-        def cross_block(h: Tensor) -> tuple[Tensor, Tensor | None]:
-            out, w = self.cross_attn(
-                h,
-                memory,
-                memory,
-                key_padding_mask=memory_key_padding_mask,
-                attn_mask=memory_mask,
-                cache=cross_cache,
-                need_weights=need_weights,
-                average_attn_weights=False,
-            )
-            return self.ls2(self.dropout(out)), w
-
-        if self.norm_first:
-            x = x + self.drop_path(self_block(self.norm1(x)))
-            out, weights = cross_block(self.norm2(x))
-            x = x + self.drop_path(out)
-            x = x + self.drop_path(self.ls3(self.mlp(self.norm3(x))))
+        pre = self.norm_first
+        out, _ = self.self_attn(
+            self.norm1(x) if pre else x,
+            key_padding_mask=tgt_key_padding_mask,
+            attn_mask=tgt_mask,
+            is_causal=tgt_is_causal,
+            cache=self_cache,
+            positions=positions,
+        )
+        out = _residual_branch(self, out, self.ls1)
+        x = x + out if pre else self.norm1(x + out)
+        out, weights = self.cross_attn(
+            self.norm2(x) if pre else x,
+            memory,
+            memory,
+            key_padding_mask=memory_key_padding_mask,
+            attn_mask=memory_mask,
+            cache=cross_cache,
+            need_weights=need_weights,
+            average_attn_weights=False,
+            sdpa_mask=memory_sdpa_mask,
+        )
+        out = _residual_branch(self, out, self.ls2)
+        if pre:
+            x = x + out
+            x = x + _residual_branch_mlp(self, self.mlp(self.norm3(x)), self.ls3)
         else:
-            x = self.norm1(x + self.drop_path(self_block(x)))
-            out, weights = cross_block(x)
-            x = self.norm2(x + self.drop_path(out))
-            x = self.norm3(x + self.drop_path(self.ls3(self.mlp(x))))
+            x = self.norm2(x + out)
+            x = self.norm3(x + _residual_branch_mlp(self, self.mlp(x), self.ls3))
         return x, weights
 
     @classmethod
@@ -440,6 +459,18 @@ def _drop_path_ramp(num_layers: int, drop_path: float) -> list[float]:
     return [drop_path * i / (num_layers - 1) for i in range(num_layers)]
 
 
+def _prepare_padding(key_padding_mask: Tensor | None, x: Tensor) -> bool:
+    """Convert ``key_padding_mask`` once per stack?  Only a well-formed bool ``(batch, k_len)`` mask (else
+    the layers convert it and raise their usual errors)."""
+    return (
+        key_padding_mask is not None
+        and key_padding_mask.dtype == torch.bool
+        and key_padding_mask.dim() == 2
+        and x.dim() == 3
+        and tuple(key_padding_mask.shape) == (x.shape[0], x.shape[1])
+    )
+
+
 class Encoder(nn.Module):
     """A stack of ``EncoderLayer`` plus a final LayerNorm (pre-norm only).
 
@@ -487,8 +518,15 @@ class Encoder(nn.Module):
         positions: Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, list[Tensor] | None]:
-        """``(batch, seq, embed_dim)`` -> ``(x, per-layer weights (batch, heads, seq, seq) or None)``."""
+        """``(batch, seq, embed_dim)`` -> ``(x, per-layer weights (batch, heads, seq, seq) or None)``.
+
+        A bool ``key_padding_mask`` is converted once for all layers (``mha.masks.key_padding_to_sdpa``): a
+        sequence that is padding everywhere then attends over its padding instead of getting zeros.
+        """
         all_weights: list[Tensor] = []
+        sdpa_mask = None
+        if _prepare_padding(key_padding_mask, x):
+            sdpa_mask, key_padding_mask = key_padding_to_sdpa(key_padding_mask), None
         for layer in self.layers:
             x, w = layer(
                 x,
@@ -497,6 +535,7 @@ class Encoder(nn.Module):
                 is_causal=is_causal,
                 positions=positions,
                 need_weights=need_weights,
+                sdpa_mask=sdpa_mask,
             )
             if w is not None:
                 all_weights.append(w)
@@ -564,6 +603,10 @@ class Decoder(nn.Module):
                 f"cache has {len(cache)} layers, decoder has {len(self.layers)}; use make_cache()"
             )
         all_weights: list[Tensor] = []
+        memory_sdpa_mask = None
+        if _prepare_padding(memory_key_padding_mask, memory):
+            memory_sdpa_mask = key_padding_to_sdpa(memory_key_padding_mask)
+            memory_key_padding_mask = None
         for i, layer in enumerate(self.layers):
             x, w = layer(
                 x,
@@ -576,6 +619,7 @@ class Decoder(nn.Module):
                 cache=None if cache is None else cache.layer(i),
                 positions=positions,
                 need_weights=need_weights,
+                memory_sdpa_mask=memory_sdpa_mask,
             )
             if w is not None:
                 all_weights.append(w)

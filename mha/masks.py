@@ -26,6 +26,7 @@ __all__ = [
     "padding_mask",
     "torch_to_sdpa_mask",
     "and_masks",
+    "key_padding_to_sdpa",
 ]
 
 
@@ -164,6 +165,34 @@ def torch_to_sdpa_mask(
         kpm = ~kpm if kpm.dtype == torch.bool else kpm.to(dtype)
         mask = and_masks(mask, kpm, dtype)
     return mask
+
+
+def key_padding_to_sdpa(key_padding_mask: Tensor) -> Tensor:
+    """A bool key-padding mask (``True`` = padding) as an SDPA-convention mask that empties no query row.
+
+    Convert once per forward and pass the result as ``sdpa_mask=`` to every layer (the blocks do this):
+    the per-layer conversion and the fully-masked-row guard then cost nothing.  A sequence that is padding
+    everywhere attends over all its (padding) keys instead of getting a zero attention output; its values
+    are finite and it is padding anyway.
+
+    Args:
+        key_padding_mask: ``(batch, k_len)`` bool, ``True`` = padding.
+
+    Returns:
+        ``(batch, 1, 1, k_len)`` bool, ``True`` = may attend.
+    """
+    if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
+        raise TypeError(
+            f"key_padding_to_sdpa needs a bool key_padding_mask, got "
+            f"{getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}; float masks go through "
+            "key_padding_mask= of the module"
+        )
+    if key_padding_mask.dim() != 2:
+        raise ValueError(
+            f"key_padding_mask must be (batch, k_len), got shape {tuple(key_padding_mask.shape)}"
+        )
+    allowed = ~key_padding_mask | key_padding_mask.all(-1, keepdim=True)  # all-padding rows see everything
+    return allowed[:, None, None, :]
 
 
 def _check_broadcast(mask: Tensor, shape: tuple[int, ...], name: str) -> None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import KVCache
-from .functional import BACKENDS, attention
+from .functional import BACKENDS, _attend
 from .masks import and_masks, torch_to_sdpa_mask
 from .positional import RotaryEmbedding, alibi_bias, alibi_slopes
 
@@ -177,13 +177,35 @@ class MultiHeadAttention(nn.Module):
             return q, k, v
         return tuple(F.linear(x, self._weight(i), self._bias(i)) for i in range(3))  # type: ignore[return-value]
 
-    def _project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-        if self._qkv_same_embed_dim and key is value:  # fused k/v matmul for cross-attention on one memory
-            weight = self.in_proj_weight[self._split[0] :]
-            bias = None if self.in_proj_bias is None else self.in_proj_bias[self._split[0] :]
-            k, v = F.linear(key, weight, bias).split(self._split[1:], dim=-1)
-            return k, v
-        return F.linear(key, self._weight(1), self._bias(1)), F.linear(value, self._weight(2), self._bias(2))
+    def _project_cross(
+        self, query: Tensor, key: Tensor | None, value: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """q from ``query``; k/v from ``key``/``value`` (``None``, ``None`` when ``key`` is ``None``).
+
+        With the fused ``in_proj_weight`` the weight is ``split`` into q and kv parts (its backward is one
+        ``cat``; slicing would zero-fill a full-size gradient per slice) and k/v take one matmul when ``key
+        is value``.
+        """
+        if not self._qkv_same_embed_dim:
+            q = F.linear(query, self.q_proj_weight, self._bias(0))
+            if key is None:
+                return q, None, None
+            k = F.linear(key, self._weight(1), self._bias(1))
+            return q, k, F.linear(value, self._weight(2), self._bias(2))
+        e = self._split[0]
+        w_q, w_kv = self.in_proj_weight.split((e, self.in_proj_weight.shape[0] - e))
+        b_q = b_kv = None
+        if self.in_proj_bias is not None:
+            b_q, b_kv = self.in_proj_bias.split((e, self.in_proj_bias.shape[0] - e))
+        q = F.linear(query, w_q, b_q)
+        if key is None:
+            return q, None, None
+        if key is value:  # fused k/v matmul for cross-attention on one memory
+            k, v = F.linear(key, w_kv, b_kv).split(self._split[1:], dim=-1)
+            return q, k, v
+        w_k, w_v = w_kv.split(self._split[1:])
+        b_k, b_v = (None, None) if b_kv is None else b_kv.split(self._split[1:])
+        return q, F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
 
     # ---- forward ------------------------------------------------------------------------
     def forward(
@@ -199,6 +221,7 @@ class MultiHeadAttention(nn.Module):
         average_attn_weights: bool = True,
         cache: KVCache | None = None,
         positions: Tensor | None = None,
+        sdpa_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query`` to ``key``/``value`` (``key=None``: self-attention on ``query``).
 
@@ -221,6 +244,11 @@ class MultiHeadAttention(nn.Module):
                 are projected once, on the first call, then reused; ``key`` may then be ``None``).
             positions: ``(q_len,)`` or ``(batch, q_len)`` integer positions for RoPE/ALiBi
                 (default ``cache.seq_len + arange(q_len)``).
+            sdpa_mask: a mask already in the SDPA convention (bool ``True`` = may attend, float = added),
+                broadcastable to ``(batch, num_heads, q_len, k_len)``, that leaves every query row at least
+                one key (not checked).  Used as is: no conversion and no fully-masked-row guard, so a stack
+                converts its padding mask once (``mha.key_padding_to_sdpa``) instead of once per layer.
+                Combines with ``attn_mask``/``key_padding_mask``.
 
         Returns:
             ``(output, weights)``: output like ``query``; weights ``(batch, q_len, k_len)`` when averaged,
@@ -274,15 +302,19 @@ class MultiHeadAttention(nn.Module):
         if is_self:
             q, k, v = self._project_self(query)
         else:
-            q = F.linear(query, self._weight(0), self._bias(0))
             if static and not cache.is_empty:
-                k = v = None
+                key = value = None
             else:
                 self._check_kv(key, value, batch)
-                k, v = self._project_kv(key, value)
-        q = self.q_norm(q.view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2))
+            q, k, v = self._project_cross(query, key, value)
+        qk_norm = not isinstance(self.q_norm, nn.Identity)  # (skip two no-op module calls otherwise)
+        q = q.view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        if qk_norm:
+            q = self.q_norm(q)
         if k is not None:
-            k = self.k_norm(k.view(batch, k.shape[1], self.num_kv_heads, self.head_dim).transpose(1, 2))
+            k = k.view(batch, k.shape[1], self.num_kv_heads, self.head_dim).transpose(1, 2)
+            if qk_norm:
+                k = self.k_norm(k)
             v = v.view(batch, v.shape[1], self.num_kv_heads, -1).transpose(1, 2)
 
         q_pos = None
@@ -305,26 +337,35 @@ class MultiHeadAttention(nn.Module):
                 k_pos = cache.positions
         k_len = k.shape[2]
 
-        mask = torch_to_sdpa_mask(
-            attn_mask,
-            key_padding_mask,
-            batch=batch,
-            num_heads=self.num_heads,
-            q_len=q_len,
-            k_len=k_len,
-            dtype=q.dtype,
-        )
+        mask = None
+        if attn_mask is not None or key_padding_mask is not None:
+            mask = torch_to_sdpa_mask(
+                attn_mask,
+                key_padding_mask,
+                batch=batch,
+                num_heads=self.num_heads,
+                q_len=q_len,
+                k_len=k_len,
+                dtype=q.dtype,
+            )
+        guard = mask is not None  # only these masks can leave a query row without keys
+        if sdpa_mask is not None:
+            mask = and_masks(mask, sdpa_mask, q.dtype)
         if self.alibi_slopes is not None:
             mask = and_masks(mask, alibi_bias(self.alibi_slopes, q_pos, k_pos, q.dtype), q.dtype)
-        result = attention(
+        result = _attend(
             q,
             k,
             v,
-            mask=mask,
-            is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            backend=self.backend if not need_weights else "auto",
-            return_weights=need_weights,
+            mask,
+            is_causal,
+            None,
+            self.dropout if self.training else 0.0,
+            None,
+            None,
+            self.backend if not need_weights else "auto",
+            need_weights,
+            guard,
         )
         out, weights = result if need_weights else (result, None)
         out = self.out_proj(out.transpose(1, 2).reshape(batch, q_len, -1))  # (B, H, Lq, Dv) -> (B, Lq, H*Dv)
