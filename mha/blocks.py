@@ -459,6 +459,13 @@ def _drop_path_ramp(num_layers: int, drop_path: float) -> list[float]:
     return [drop_path * i / (num_layers - 1) for i in range(num_layers)]
 
 
+def _attention_dtype(x: Tensor) -> torch.dtype:
+    """The dtype q/k/v will have: the autocast dtype when autocast is on, else ``x.dtype``."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def _prepare_padding(key_padding_mask: Tensor | None, x: Tensor) -> bool:
     """Convert ``key_padding_mask`` once per stack?  Only a well-formed bool ``(batch, k_len)`` mask (else
     the layers convert it and raise their usual errors)."""
@@ -520,13 +527,15 @@ class Encoder(nn.Module):
     ) -> tuple[Tensor, list[Tensor] | None]:
         """``(batch, seq, embed_dim)`` -> ``(x, per-layer weights (batch, heads, seq, seq) or None)``.
 
-        A bool ``key_padding_mask`` is converted once for all layers (``mha.masks.key_padding_to_sdpa``): a
-        sequence that is padding everywhere then attends over its padding instead of getting zeros.
+        A bool ``key_padding_mask`` is converted once for all layers (``mha.masks.key_padding_to_sdpa``, an
+        additive mask in the attention dtype): a sequence that is padding everywhere then attends over its
+        padding instead of getting zeros.
         """
         all_weights: list[Tensor] = []
         sdpa_mask = None
         if _prepare_padding(key_padding_mask, x):
-            sdpa_mask, key_padding_mask = key_padding_to_sdpa(key_padding_mask), None
+            sdpa_mask = key_padding_to_sdpa(key_padding_mask, _attention_dtype(x))
+            key_padding_mask = None
         for layer in self.layers:
             x, w = layer(
                 x,
@@ -578,9 +587,10 @@ class Decoder(nn.Module):
             raise TypeError(f"expected nn.TransformerDecoder, got {type(decoder).__name__}")
         return _stack_from_torch(cls, decoder, DecoderLayer)
 
-    def make_cache(self) -> DecoderCache:
-        """A fresh ``DecoderCache`` for this decoder's layers."""
-        return DecoderCache(len(self.layers))
+    def make_cache(self, capacity: int | None = None) -> DecoderCache:
+        """A fresh ``DecoderCache`` for this decoder's layers; ``capacity``: target positions to
+        preallocate in each self-attention cache (the decoding length limit; it grows past it if needed)."""
+        return DecoderCache(len(self.layers), capacity=capacity)
 
     def forward(
         self,
@@ -605,7 +615,7 @@ class Decoder(nn.Module):
         all_weights: list[Tensor] = []
         memory_sdpa_mask = None
         if _prepare_padding(memory_key_padding_mask, memory):
-            memory_sdpa_mask = key_padding_to_sdpa(memory_key_padding_mask)
+            memory_sdpa_mask = key_padding_to_sdpa(memory_key_padding_mask, _attention_dtype(x))
             memory_key_padding_mask = None
         for i, layer in enumerate(self.layers):
             x, w = layer(

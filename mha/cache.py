@@ -11,63 +11,118 @@ __all__ = ["KVCache", "DecoderCache"]
 class KVCache:
     """Projected keys and values of one attention module, kept between decoding steps.
 
+    A self-attention cache writes each step's keys/values in place into a buffer preallocated to
+    ``capacity`` positions (doubled when a step would overflow it), so a decoding step costs two small
+    copies instead of re-concatenating everything held.  ``k``/``v`` are views of the filled part.
+
     Args:
         static: ``False`` (self-attention): every call appends the new keys/values.  ``True``
             (cross-attention): the first call stores the projected memory keys/values and later calls
             reuse them.
+        capacity: positions to preallocate on the first append (default: the first append's length,
+            at least 16); pass the decoding length limit to never grow.
 
     Attributes:
         k, v: ``(batch, kv_heads, seq_len, head_dim)`` or ``None`` while empty.
         positions: key positions ``(seq_len,)`` or ``(batch, seq_len)``, kept for ALiBi; ``None`` otherwise.
     """
 
-    def __init__(self, static: bool = False) -> None:
+    def __init__(self, static: bool = False, capacity: int | None = None) -> None:
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"capacity must be a positive int or None, got {capacity!r}")
         self.static = static
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
+        self.capacity_hint = capacity
+        self._k: Tensor | None = None  # static: the memory keys; else a (B, Hkv, capacity, D) buffer
+        self._v: Tensor | None = None
+        self._len = 0
         self.positions: Tensor | None = None
+
+    @property
+    def k(self) -> Tensor | None:
+        if self._k is None or self.static:
+            return self._k
+        return self._k[:, :, : self._len]
+
+    @property
+    def v(self) -> Tensor | None:
+        if self._v is None or self.static:
+            return self._v
+        return self._v[:, :, : self._len]
 
     @property
     def seq_len(self) -> int:
         """Number of keys held (0 when empty)."""
-        return 0 if self.k is None else self.k.shape[2]
+        return self._len
+
+    @property
+    def capacity(self) -> int:
+        """Positions the buffer holds before it has to grow (0 when empty)."""
+        return 0 if self._k is None else self._k.shape[2]
 
     @property
     def is_empty(self) -> bool:
-        return self.k is None
+        return self._k is None
 
     def update(self, k: Tensor, v: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Append (or, when static and already filled, ignore) ``k``/``v``; return everything held."""
-        if self.static and self.k is not None:
-            return self.k, self.v
-        if self.k is None or self.static:
-            self.k, self.v, self.positions = k, v, positions
+        if self.static:
+            if self._k is None:
+                self._k, self._v, self.positions, self._len = k, v, positions, k.shape[2]
+            return self._k, self._v
+        n = k.shape[2]
+        if self._k is not None and k.shape[0] != self._k.shape[0]:
+            raise ValueError(
+                f"cache holds batch {self._k.shape[0]} but got batch {k.shape[0]}; "
+                "call reorder() to change the batch (beam search) or reset() to start over"
+            )
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            # in-place writes would invalidate tensors saved for backward: append functionally
+            if self._k is None:
+                self._k, self._v = k, v
+            else:
+                self._k = torch.cat((self._k[:, :, : self._len], k), dim=2)
+                self._v = torch.cat((self._v[:, :, : self._len], v), dim=2)
         else:
-            if k.shape[0] != self.k.shape[0]:
-                raise ValueError(
-                    f"cache holds batch {self.k.shape[0]} but got batch {k.shape[0]}; "
-                    "call reorder() to change the batch (beam search) or reset() to start over"
-                )
-            self.k = torch.cat((self.k, k), dim=2)
-            self.v = torch.cat((self.v, v), dim=2)
-            if positions is not None and self.positions is not None:
-                self.positions = torch.cat((self.positions, positions), dim=-1)
+            if self._k is None:
+                self._k = self._alloc(k, max(self.capacity_hint or 16, n))
+                self._v = self._alloc(v, self._k.shape[2])
+            elif self._len + n > self._k.shape[2]:
+                self._grow(max(2 * self._k.shape[2], self._len + n))
+            self._k[:, :, self._len : self._len + n] = k
+            self._v[:, :, self._len : self._len + n] = v
+        self._len += n
+        if positions is not None:
+            held = self.positions
+            self.positions = positions if held is None else torch.cat((held, positions), dim=-1)
         return self.k, self.v
+
+    @staticmethod
+    def _alloc(like: Tensor, capacity: int) -> Tensor:
+        b, h, _, d = like.shape
+        return like.new_empty((b, h, capacity, d))
+
+    def _grow(self, capacity: int) -> None:
+        for name in ("_k", "_v"):
+            old = getattr(self, name)
+            new = self._alloc(old, capacity)
+            new[:, :, : self._len] = old[:, :, : self._len]
+            setattr(self, name, new)
 
     def reorder(self, index: Tensor) -> None:
         """Select/reorder batch rows (beam search): ``index`` ``(new_batch,)`` LongTensor of old batch
         rows."""
-        if self.k is None:
+        if self._k is None:
             return
-        index = index.to(self.k.device)
-        self.k = self.k.index_select(0, index)
-        self.v = self.v.index_select(0, index)
+        index = index.to(self._k.device)
+        self._k = self._k.index_select(0, index)
+        self._v = self._v.index_select(0, index)
         if self.positions is not None and self.positions.dim() == 2:
             self.positions = self.positions.index_select(0, index)
 
     def reset(self) -> None:
         """Drop everything held."""
-        self.k = self.v = self.positions = None
+        self._k = self._v = self.positions = None
+        self._len = 0
 
     def __repr__(self) -> str:
         return f"KVCache(static={self.static}, seq_len={self.seq_len})"
@@ -77,10 +132,11 @@ class DecoderCache:
     """Per-layer caches of a ``Decoder``: one self-attention ``KVCache`` and one static cross-attention cache.
 
     ``seq_len`` is the number of target tokens decoded so far (use it as the offset of absolute positions).
+    ``capacity``: positions each self-attention cache preallocates (see ``KVCache``).
     """
 
-    def __init__(self, num_layers: int) -> None:
-        self.self_attn = [KVCache() for _ in range(num_layers)]
+    def __init__(self, num_layers: int, capacity: int | None = None) -> None:
+        self.self_attn = [KVCache(capacity=capacity) for _ in range(num_layers)]
         self.cross_attn = [KVCache(static=True) for _ in range(num_layers)]
 
     def __len__(self) -> int:
@@ -94,9 +150,14 @@ class DecoderCache:
     def seq_len(self) -> int:
         return self.self_attn[0].seq_len if self.self_attn else 0
 
-    def reorder(self, index: Tensor) -> None:
-        """Reorder every layer's caches along the batch dim (beam search)."""
-        for cache in (*self.self_attn, *self.cross_attn):
+    def reorder(self, index: Tensor, *, cross: bool = True) -> None:
+        """Reorder every layer's caches along the batch dim (beam search).
+
+        ``cross=False`` leaves the static cross-attention caches alone: right when ``index`` only moves rows
+        among rows that hold the same memory (the beams of one sentence), and it saves two copies per layer
+        per step.  Dropping finished sentences changes the memory rows: use ``cross=True`` then.
+        """
+        for cache in (*self.self_attn, *self.cross_attn) if cross else self.self_attn:
             cache.reorder(index)
 
     def reset(self) -> None:

@@ -167,7 +167,7 @@ def torch_to_sdpa_mask(
     return mask
 
 
-def key_padding_to_sdpa(key_padding_mask: Tensor) -> Tensor:
+def key_padding_to_sdpa(key_padding_mask: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """A bool key-padding mask (``True`` = padding) as an SDPA-convention mask that empties no query row.
 
     Convert once per forward and pass the result as ``sdpa_mask=`` to every layer (the blocks do this):
@@ -177,9 +177,11 @@ def key_padding_to_sdpa(key_padding_mask: Tensor) -> Tensor:
 
     Args:
         key_padding_mask: ``(batch, k_len)`` bool, ``True`` = padding.
+        dtype: ``None`` for a bool mask; a float dtype (the attention's compute dtype) for an additive mask
+            (0 / ``-inf``), which SDPA uses as is (it turns a bool mask into one on every call).
 
     Returns:
-        ``(batch, 1, 1, k_len)`` bool, ``True`` = may attend.
+        ``(batch, 1, 1, k_len)``: bool ``True`` = may attend, or float 0 = may attend / ``-inf``.
     """
     if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
         raise TypeError(
@@ -191,8 +193,13 @@ def key_padding_to_sdpa(key_padding_mask: Tensor) -> Tensor:
         raise ValueError(
             f"key_padding_mask must be (batch, k_len), got shape {tuple(key_padding_mask.shape)}"
         )
-    allowed = ~key_padding_mask | key_padding_mask.all(-1, keepdim=True)  # all-padding rows see everything
-    return allowed[:, None, None, :]
+    blocked = key_padding_mask & ~key_padding_mask.all(-1, keepdim=True)  # all-padding rows see everything
+    if dtype is None:
+        return ~blocked[:, None, None, :]
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a float dtype or None, got {dtype}")
+    zero = torch.zeros((), dtype=dtype, device=key_padding_mask.device)
+    return zero.masked_fill(blocked, float("-inf"))[:, None, None, :]
 
 
 def _check_broadcast(mask: Tensor, shape: tuple[int, ...], name: str) -> None:
