@@ -102,6 +102,9 @@ class Seq2SeqTransformer(nn.Module):
         if positional == "sinusoidal":
             self.src_pos = mha.SinusoidalPositionalEncoding(embed_dim)
             self.tgt_pos = mha.SinusoidalPositionalEncoding(embed_dim)
+            # the same encodings, computed once (8 small kernels per call otherwise); beyond it: computed
+            table = mha.sinusoidal_table(torch.arange(max(max_positions, 1024)), embed_dim)
+            self.register_buffer("_sinusoid", table, persistent=False)
         else:
             self.src_pos = mha.LearnedPositionalEmbedding(max_positions, embed_dim)
             self.tgt_pos = mha.LearnedPositionalEmbedding(max_positions, embed_dim)
@@ -138,12 +141,20 @@ class Seq2SeqTransformer(nn.Module):
                 f"{self.max_positions}; raise it or cut inputs with data.max_len."
             )
         x = table(ids) * math.sqrt(self.embed_dim)
+        sinusoid = getattr(self, "_sinusoid", None)
+        if sinusoid is not None and offset + ids.shape[1] <= sinusoid.shape[0]:
+            return self.embed_dropout(x + sinusoid[offset : offset + ids.shape[1]].to(x.dtype))
         return self.embed_dropout(pos(x, offset=offset))
 
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, src: Tensor, *, has_padding: bool = True) -> tuple[Tensor, Tensor | None]:
         """Source ids (batch, src_len) -> memory (batch, src_len, embed) and its padding mask
-        (batch, src_len), ``True`` at padding (``nn.MultiheadAttention`` meaning)."""
-        src_pad = src.eq(self.pad_id)
+        (batch, src_len), ``True`` at padding (``nn.MultiheadAttention`` meaning).
+
+        ``has_padding=False`` is the caller's word (known on the host, e.g. from the collate function,
+        without a device sync) that ``src`` holds no pad id: no mask is built (``None`` is returned) and
+        attention runs unmasked.  Giving it for a batch that has padding attends to the pads.
+        """
+        src_pad = src.eq(self.pad_id) if has_padding else None
         memory, _ = self.encoder(self._embed(src, self.src_embed, self.src_pos), key_padding_mask=src_pad)
         return memory, src_pad
 
@@ -157,7 +168,7 @@ class Seq2SeqTransformer(nn.Module):
         self,
         tgt_in: Tensor,
         memory: Tensor,
-        memory_pad: Tensor,
+        memory_pad: Tensor | None,
         *,
         cache: mha.KVCache | Any = None,
         need_weights: bool = False,
@@ -184,11 +195,16 @@ class Seq2SeqTransformer(nn.Module):
         )
         return self.logits(h), weights
 
-    def make_cache(self) -> Any:
-        """An empty decoder cache (one self- and one static cross-attention KV cache per layer)."""
-        return self.decoder.make_cache()
+    def make_cache(self, capacity: int | None = None) -> Any:
+        """An empty decoder cache (one self- and one static cross-attention KV cache per layer);
+        ``capacity``: target positions to preallocate (the decoding length limit, bos included)."""
+        return self.decoder.make_cache(capacity)
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher-forced logits: src (batch, src_len), tgt_in (batch, tgt_len) -> (batch, tgt_len, vocab)."""
-        memory, memory_pad = self.encode(src)
+    def forward(self, src: Tensor, tgt_in: Tensor, *, src_has_padding: bool = True) -> Tensor:
+        """Teacher-forced logits: src (batch, src_len), tgt_in (batch, tgt_len) -> (batch, tgt_len, vocab).
+
+        ``src_has_padding=False``: the batch has no pad id in ``src`` (decided on the host, see
+        :meth:`encode`): the attention runs without any padding mask.
+        """
+        memory, memory_pad = self.encode(src, has_padding=src_has_padding)
         return self.decode(tgt_in, memory, memory_pad)[0]

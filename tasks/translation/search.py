@@ -41,16 +41,26 @@ def max_lengths(src: Tensor, pad_id: int, max_len_a: float, max_len_b: int, cap:
     return limits.clamp(max=cap) if cap is not None else limits
 
 
-def _step_logprobs(model, tokens: Tensor, memory: Tensor, memory_pad: Tensor, cache) -> Tensor:
-    """Log-probabilities (rows, vocab) of the next token; pad and bos can never be produced."""
+def _step_logprobs(
+    model, tokens: Tensor, memory: Tensor, memory_pad: Tensor | None, cache, banned: Tensor
+) -> Tensor:
+    """Log-probabilities (rows, vocab) of the next token; the ``banned`` ids (pad, bos) are never produced."""
     if cache is not None:
         logits = model.decode(tokens[:, -1:], memory, memory_pad, cache=cache)[0][:, -1]
     else:
         logits = model.decode(tokens, memory, memory_pad)[0][:, -1]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    logp[:, model.pad_id] = -math.inf
-    logp[:, model.bos_id] = -math.inf
-    return logp
+    return torch.log_softmax(logits.float(), dim=-1).index_fill_(1, banned, -math.inf)
+
+
+def _start(model, src: Tensor, limits: list[int], use_cache: bool):
+    """Encode once; drop an all-False padding mask (one host sync per search, none per step); a cache
+    preallocated to the longest limit (bos included)."""
+    memory, memory_pad = model.encode(src)
+    if memory_pad is not None and not bool(memory_pad.any()):
+        memory_pad = None  # no padding anywhere: unmasked attention in every step
+    cache = model.make_cache(max(limits) + 1) if use_cache else None
+    banned = torch.tensor([model.pad_id, model.bos_id], dtype=torch.long, device=src.device)
+    return memory, memory_pad, cache, banned
 
 
 def _position_cap(model) -> int | None:
@@ -65,16 +75,15 @@ def greedy_search(
 
     Returns one list of target ids per sentence, without bos/eos; a sentence stops at EOS or its limit.
     """
-    memory, memory_pad = model.encode(src)
     batch = src.shape[0]
     limits = max_lengths(src, model.pad_id, max_len_a, max_len_b, _position_cap(model)).tolist()
-    cache = model.make_cache() if use_cache else None
+    memory, memory_pad, cache, banned = _start(model, src, limits, use_cache)
     tokens = torch.full((batch, 1), model.bos_id, dtype=torch.long, device=src.device)  # (rows, 1 + step)
     rows = list(range(batch))  # sentence id of each live row
     out: list[list[int]] = [[] for _ in range(batch)]
     step = 0
     while rows:
-        next_tok = _step_logprobs(model, tokens, memory, memory_pad, cache).argmax(dim=-1)  # (rows,)
+        next_tok = _step_logprobs(model, tokens, memory, memory_pad, cache, banned).argmax(dim=-1)
         tokens = torch.cat((tokens, next_tok[:, None]), dim=1)
         step += 1
         done = next_tok.eq(model.eos_id).tolist()
@@ -87,7 +96,8 @@ def greedy_search(
                 keep.append(r)
         if len(keep) < len(rows):  # drop finished sentences from the batch (and the cache)
             index = torch.tensor(keep, dtype=torch.long, device=src.device)
-            tokens, memory, memory_pad = tokens[index], memory[index], memory_pad[index]
+            tokens, memory = tokens[index], memory[index]
+            memory_pad = None if memory_pad is None else memory_pad[index]
             if cache is not None:
                 cache.reorder(index)
             rows = [rows[r] for r in keep]
@@ -119,12 +129,11 @@ def beam_search(
         raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
     length_penalty(1, alpha, lp_style)  # validates the style
     k = beam_size
-    memory, memory_pad = model.encode(src)
     batch, device = src.shape[0], src.device
     limits = max_lengths(src, model.pad_id, max_len_a, max_len_b, _position_cap(model)).tolist()
+    memory, memory_pad, cache, banned = _start(model, src, limits, use_cache)
     memory = memory.repeat_interleave(k, dim=0)  # (batch * k, src_len, embed)
-    memory_pad = memory_pad.repeat_interleave(k, dim=0)
-    cache = model.make_cache() if use_cache else None
+    memory_pad = None if memory_pad is None else memory_pad.repeat_interleave(k, dim=0)
     tokens = torch.full((batch * k, 1), model.bos_id, dtype=torch.long, device=device)  # (rows, 1 + step)
     scores = torch.zeros(batch, k, device=device)
     scores[:, 1:] = -math.inf  # all beams start identical: expand only the first
@@ -133,45 +142,54 @@ def beam_search(
     step = 0
     while sents:
         n = len(sents)
-        logp = _step_logprobs(model, tokens, memory, memory_pad, cache)  # (n * k, vocab)
+        logp = _step_logprobs(model, tokens, memory, memory_pad, cache, banned)  # (n * k, vocab)
         vocab = logp.shape[-1]
         cand = (scores.reshape(n * k, 1) + logp).reshape(n, k * vocab)
         top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (n, 2k), best first
         top_beam, top_tok = top_idx // vocab, top_idx % vocab
         step += 1
         is_eos = top_tok.eq(model.eos_id)
-        # finalise EOS candidates ranked within the first k
-        eos_pos = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
-        for i, j in eos_pos:
-            row = i * k + int(top_beam[i, j])
-            score = float(top_scores[i, j]) / length_penalty(step, alpha, lp_style)
-            finished[sents[i]].append((score, tokens[row, 1:].tolist()))
+        eos_first_k = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
         # continue with the k best non-EOS candidates (at most k of the 2k end in EOS: one per beam)
         cont = top_scores.masked_fill(is_eos, -math.inf).topk(k, dim=1)
-        new_scores = cont.values  # (n, k)
         new_beam = top_beam.gather(1, cont.indices)
         new_tok = top_tok.gather(1, cont.indices)
         origin = (torch.arange(n, device=device)[:, None] * k + new_beam).reshape(-1)  # (n * k,) old rows
+        old_tokens = tokens
         tokens = torch.cat((tokens[origin], new_tok.reshape(-1, 1)), dim=1)
         if cache is not None:
-            cache.reorder(origin)
-        scores = new_scores
-        keep = []
-        for i, sent in enumerate(sents):
-            if step >= limits[sent]:  # out of length: the live beams end here, without EOS
-                lp = length_penalty(step, alpha, lp_style)
-                for j in range(k):
-                    if math.isfinite(float(scores[i, j])):
-                        finished[sent].append((float(scores[i, j]) / lp, tokens[i * k + j, 1:].tolist()))
-            elif len(finished[sent]) < k:
-                keep.append(i)
+            cache.reorder(origin, cross=False)  # beams move within their sentence: same memory rows
+        scores = cont.values  # (n, k)
+        # host work: one sync per step (which EOS candidates rank within the first k), more only when
+        # hypotheses finish
+        eos_rows = eos_first_k.any(dim=1).tolist()
+        if any(eos_rows):  # finalise EOS candidates ranked within the first k
+            eos_pos = eos_first_k.nonzero().tolist()
+            beams = top_beam[:, :k][eos_first_k].tolist()
+            rows = [i * k + b for (i, _), b in zip(eos_pos, beams, strict=True)]
+            finals = top_scores[:, :k][eos_first_k].tolist()
+            seqs = old_tokens[torch.tensor(rows, dtype=torch.long, device=device), 1:].tolist()
+            lp = length_penalty(step, alpha, lp_style)
+            for (i, _), score, seq in zip(eos_pos, finals, seqs, strict=True):
+                finished[sents[i]].append((score / lp, seq))
+        at_limit = [step >= limits[sent] for sent in sents]
+        if any(at_limit):  # out of length: the live beams end here, without EOS
+            lp = length_penalty(step, alpha, lp_style)
+            host_scores, host_tokens = scores.tolist(), tokens[:, 1:].tolist()
+            for i, sent in enumerate(sents):
+                if at_limit[i]:
+                    for j in range(k):
+                        if math.isfinite(host_scores[i][j]):
+                            finished[sent].append((host_scores[i][j] / lp, host_tokens[i * k + j]))
+        keep = [i for i, sent in enumerate(sents) if not at_limit[i] and len(finished[sent]) < k]
         if len(keep) < n:  # drop done sentences (their k rows) from the batch and the cache
             index = torch.tensor(keep, dtype=torch.long, device=device)
-            rows = (index[:, None] * k + torch.arange(k, device=device)).reshape(-1)
-            tokens, memory, memory_pad = tokens[rows], memory[rows], memory_pad[rows]
+            rows_t = (index[:, None] * k + torch.arange(k, device=device)).reshape(-1)
+            tokens, memory = tokens[rows_t], memory[rows_t]
+            memory_pad = None if memory_pad is None else memory_pad[rows_t]
             scores = scores[index]
             if cache is not None:
-                cache.reorder(rows)
+                cache.reorder(rows_t)
             sents = [sents[i] for i in keep]
     return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finished]
 

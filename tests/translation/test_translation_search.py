@@ -79,7 +79,7 @@ class _Scripted(torch.nn.Module):
     def encode(self, src):
         return src[:, :, None].float(), src.eq(PAD_ID)
 
-    def make_cache(self):
+    def make_cache(self, capacity=None):
         return None
 
     def decode(self, tgt_in, memory, memory_pad, cache=None, need_weights=False):
@@ -166,3 +166,22 @@ def test_cached_beam_equals_uncached_on_an_uncertain_model(positional):
     cached = beam_search(model, src, **kwargs)
     assert cached == beam_search(model, src, use_cache=False, **kwargs)
     assert greedy_search(model, src) == greedy_search(model, src, use_cache=False)
+
+
+def test_unpadded_fast_path_and_cached_positions_match_the_general_path():
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(60, 60, embed_dim=16, num_heads=2, encoder_layers=1, decoder_layers=1).eval()
+    src, tgt = torch.randint(4, 60, (3, 6)), torch.randint(4, 60, (3, 5))
+    torch.testing.assert_close(model(src, tgt, src_has_padding=False), model(src, tgt))
+    memory, memory_pad = model.encode(src, has_padding=False)
+    assert memory_pad is None
+    x = torch.randn(2, 4, 16)
+    for offset in (0, 3, model._sinusoid.shape[0]):  # the last is past the table: computed on the fly
+        ref = model.tgt_pos(x, offset=offset)
+        ids = torch.zeros(2, 4, dtype=torch.long)
+        with torch.no_grad():
+            got = model._embed(ids, model.tgt_embed, model.tgt_pos, offset=offset)
+        torch.testing.assert_close(got, ref - x, atol=1e-6, rtol=0)  # pad embedding is zero
+    assert model.make_cache(capacity=2).self_attn[0].capacity_hint == 2
+    out = beam_search(model, src, beam_size=3, max_len_a=0.0, max_len_b=7)  # no padding: unmasked steps
+    assert out == beam_search(model, src, beam_size=3, max_len_a=0.0, max_len_b=7, use_cache=False)
