@@ -3,15 +3,20 @@
 with the KV cache against recomputing the prefix.
 
     python bench/translation_speed.py                      # base config, bf16, batch 64 x (64 + 64) tokens
-    python bench/translation_speed.py --compile            # both models under torch.compile
+    python bench/translation_speed.py --compile            # eager and torch.compile'd (both models)
+    python bench/translation_speed.py --decode-len 128     # longer decoding: the cache matters more
+    python bench/translation_speed.py --padded             # source batches with padding (masks on)
     python bench/translation_speed.py --device cpu --small # a seconds-long smoke run on CPU
 
 1. Training: the base configuration (6+6 layers, d 512, 8 heads, FFN 2048, ReLU, dropout 0.1, pre-norm,
    vocabulary 8000, tied embeddings) built on ``mha`` (``tasks.translation.model.Seq2SeqTransformer``)
    against the same model whose encoder-decoder is ``nn.Transformer`` (same embeddings, positions and output
    layer; this file is the one place in the project that uses ``nn.Transformer``, as the peer). Full steps:
-   forward, label-smoothed cross-entropy, backward, fused AdamW, bf16 autocast. Both get the source padding
-   mask, as in real training.
+   forward, label-smoothed cross-entropy, backward, fused AdamW, bf16 autocast. Whether the source batch
+   holds padding is decided on the host (as a collate function would record it): both models get the
+   source padding mask when it does (``--padded`` pads 1/4 of the sentences by up to half their length) and
+   neither does otherwise (``--always-mask``: both always get it, the old setting). With ``--compile`` both
+   models are also timed under ``torch.compile`` (ours with ``fullgraph=True``: a graph break fails).
 2. Decoding: beam 5 over a batch of source sentences with our model, once with the decoder KV cache (each
    step feeds one token) and once recomputing the whole prefix every step. EOS is suppressed so both run the
    full length and do the same search.
@@ -67,9 +72,11 @@ class TorchTransformerSeq2Seq(nn.Module):
         pos = sinusoidal_table(torch.arange(ids.shape[1], device=ids.device), self.embed_dim)
         return self.drop(self.embed(ids) * math.sqrt(self.embed_dim) + pos.to(self.embed.weight.dtype))
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, src: torch.Tensor, tgt_in: torch.Tensor, *, src_has_padding: bool = True
+    ) -> torch.Tensor:
         causal = nn.Transformer.generate_square_subsequent_mask(tgt_in.shape[1], device=src.device)
-        src_pad = src.eq(PAD_ID)
+        src_pad = src.eq(PAD_ID) if src_has_padding else None
         h = self.transformer(
             self._embed(src),
             self._embed(tgt_in),
@@ -81,19 +88,32 @@ class TorchTransformerSeq2Seq(nn.Module):
         return F.linear(h, self.embed.weight, self.output_bias)
 
 
-def train_tokens_per_s(model: nn.Module, args, device: torch.device) -> float:
-    """Median-free simple timing: ``args.warmup`` steps, then ``args.steps`` timed steps."""
+def train_batch(args, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """``(src, tgt_in, tgt_out, src_has_padding)``; the padding flag is computed on the host (no sync)."""
     g = torch.Generator(device="cpu").manual_seed(0)
-    src = torch.randint(4, args.vocab, (args.batch, args.src_len), generator=g).to(device)
+    src = torch.randint(4, args.vocab, (args.batch, args.src_len), generator=g)
+    if args.padded:  # a quarter of the sentences lose up to half their tokens to right padding
+        for i in range(0, args.batch, 4):
+            cut = int(torch.randint(1, args.src_len // 2 + 1, (1,), generator=g))
+            src[i, args.src_len - cut :] = PAD_ID
+    has_padding = bool(src.eq(PAD_ID).any()) or args.always_mask
     tgt = torch.randint(4, args.vocab, (args.batch, args.tgt_len + 1), generator=g).to(device)
-    tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
+    return src.to(device), tgt[:, :-1], tgt[:, 1:], has_padding
+
+
+def train_tokens_per_s(model: nn.Module, args, device: torch.device, compile_model: bool = False) -> float:
+    """Simple timing: ``args.warmup`` steps, then ``args.steps`` timed steps."""
+    src, tgt_in, tgt_out, has_padding = train_batch(args, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    step_model = torch.compile(model) if args.compile else model
+    if compile_model:  # ours must compile without graph breaks; the peer as torch.compile takes it
+        step_model = torch.compile(model, fullgraph=isinstance(model, Seq2SeqTransformer))
+    else:
+        step_model = model
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=args.dtype == "bf16"):
-            logits = step_model(src, tgt_in)
+            logits = step_model(src, tgt_in, src_has_padding=has_padding)
         loss = F.cross_entropy(logits.float().flatten(0, 1), tgt_out.flatten(), label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -144,7 +164,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast dtype")
     p.add_argument("--small", action="store_true", help="tiny sizes for a CPU smoke run")
-    p.add_argument("--compile", action="store_true", help="torch.compile both training models")
+    p.add_argument("--compile", action="store_true", help="also time both training models compiled")
+    p.add_argument("--padded", action="store_true", help="pad a quarter of the source sentences")
+    p.add_argument("--always-mask", action="store_true", help="pass the padding mask even without padding")
     p.add_argument("--batch", type=int, default=64, help="training sentences per batch")
     p.add_argument("--src-len", type=int, default=64, help="source tokens per sentence")
     p.add_argument("--tgt-len", type=int, default=64, help="target tokens per sentence")
@@ -188,13 +210,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"({args.src_len} + {args.tgt_len}) tokens, {args.dtype}, compile={args.compile}"
     )
     results: dict[str, float] = {}
-    results["ours_tok_s"] = train_tokens_per_s(ours, args, device)
-    results["torch_tok_s"] = train_tokens_per_s(peer, args, device)
-    results["train_speedup"] = results["ours_tok_s"] / results["torch_tok_s"]
+    has_padding = train_batch(args, torch.device("cpu"))[3]
     print(
-        f"training: ours {results['ours_tok_s']:,.0f} tok/s, nn.Transformer {results['torch_tok_s']:,.0f} "
-        f"tok/s -> {results['train_speedup']:.2f}x (target >= 1.3x)"
+        f"source padding mask passed: {has_padding} "
+        f"(--padded {args.padded}, --always-mask {args.always_mask})"
     )
+    modes = [("eager", False)] + ([("compiled", True)] if args.compile else [])
+    for mode, compile_model in modes:
+        suffix = "" if mode == "eager" else "_compiled"
+        results["ours_tok_s" + suffix] = train_tokens_per_s(ours, args, device, compile_model)
+        results["torch_tok_s" + suffix] = train_tokens_per_s(peer, args, device, compile_model)
+        results["train_speedup" + suffix] = results["ours_tok_s" + suffix] / results["torch_tok_s" + suffix]
+        print(
+            f"training ({mode}): ours {results['ours_tok_s' + suffix]:,.0f} tok/s, nn.Transformer "
+            f"{results['torch_tok_s' + suffix]:,.0f} tok/s -> {results['train_speedup' + suffix]:.2f}x "
+            "(target >= 1.3x)"
+        )
     del peer
     with torch.no_grad():
         ours.output_bias[EOS_ID] = -1e4  # no hypothesis ends early: both searches run the full length
@@ -207,9 +238,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"cached {results['beam_cached_s']:.3f} s ({sent / results['beam_cached_s']:.1f} sent/s), "
         f"recomputed prefix {results['beam_recompute_s']:.3f} s -> {results['decode_speedup']:.2f}x"
     )
-    print(
-        f"RATIOS train_speedup={results['train_speedup']:.3f} decode_speedup={results['decode_speedup']:.3f}"
-    )
+    ratios = " ".join(f"{key}={value:.3f}" for key, value in results.items() if "speedup" in key)
+    print(f"RATIOS {ratios}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

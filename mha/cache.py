@@ -36,6 +36,9 @@ class KVCache:
         self._v: Tensor | None = None
         self._len = 0
         self.positions: Tensor | None = None
+        self._pool: DecoderCache | None = None  # set by a DecoderCache: buffers are views of its pool
+        self._slot = 0
+        self._in_pool = False
 
     @property
     def k(self) -> Tensor | None:
@@ -77,6 +80,7 @@ class KVCache:
             )
         if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
             # in-place writes would invalidate tensors saved for backward: append functionally
+            self._in_pool = False
             if self._k is None:
                 self._k, self._v = k, v
             else:
@@ -84,8 +88,13 @@ class KVCache:
                 self._v = torch.cat((self._v[:, :, : self._len], v), dim=2)
         else:
             if self._k is None:
-                self._k = self._alloc(k, max(self.capacity_hint or 16, n))
-                self._v = self._alloc(v, self._k.shape[2])
+                capacity = max(self.capacity_hint or 16, n)
+                views = None if self._pool is None else self._pool._views(self._slot, k, v, capacity)
+                if views is not None:
+                    (self._k, self._v), self._in_pool = views, True
+                else:
+                    self._k = self._alloc(k, capacity)
+                    self._v = self._alloc(v, capacity)
             elif self._len + n > self._k.shape[2]:
                 self._grow(max(2 * self._k.shape[2], self._len + n))
             self._k[:, :, self._len : self._len + n] = k
@@ -102,6 +111,7 @@ class KVCache:
         return like.new_empty((b, h, capacity, d))
 
     def _grow(self, capacity: int) -> None:
+        self._in_pool = False
         for name in ("_k", "_v"):
             old = getattr(self, name)
             new = self._alloc(old, capacity)
@@ -114,6 +124,7 @@ class KVCache:
         if self._k is None:
             return
         index = index.to(self._k.device)
+        self._in_pool = False
         self._k = self._k.index_select(0, index)
         self._v = self._v.index_select(0, index)
         if self.positions is not None and self.positions.dim() == 2:
@@ -123,6 +134,7 @@ class KVCache:
         """Drop everything held."""
         self._k = self._v = self.positions = None
         self._len = 0
+        self._in_pool = False
 
     def __repr__(self) -> str:
         return f"KVCache(static={self.static}, seq_len={self.seq_len})"
@@ -137,6 +149,11 @@ class DecoderCache:
 
     def __init__(self, num_layers: int, capacity: int | None = None) -> None:
         self.self_attn = [KVCache(capacity=capacity) for _ in range(num_layers)]
+        # all self-attention buffers live in one (layers, 2, batch, kv_heads, capacity, head_dim) pool, so a
+        # beam reorder is one index_select instead of two per layer
+        self._buffer: Tensor | None = None
+        for i, cache in enumerate(self.self_attn):
+            cache._pool, cache._slot = self, i
         self.cross_attn = [KVCache(static=True) for _ in range(num_layers)]
 
     def __len__(self) -> int:
@@ -157,12 +174,35 @@ class DecoderCache:
         among rows that hold the same memory (the beams of one sentence), and it saves two copies per layer
         per step.  Dropping finished sentences changes the memory rows: use ``cross=True`` then.
         """
-        for cache in (*self.self_attn, *self.cross_attn) if cross else self.self_attn:
+        buffer = self._buffer
+        pooled = buffer is not None and all(c._in_pool and c._k._base is buffer for c in self.self_attn)
+        if pooled:
+            self._buffer = self._buffer.index_select(2, index.to(self._buffer.device))
+            for i, cache in enumerate(self.self_attn):
+                cache._k, cache._v = self._buffer[i, 0], self._buffer[i, 1]
+                if cache.positions is not None and cache.positions.dim() == 2:
+                    cache.positions = cache.positions.index_select(0, index.to(cache.positions.device))
+        for cache in (*([] if pooled else self.self_attn), *(self.cross_attn if cross else ())):
             cache.reorder(index)
+
+    def _views(self, slot: int, k: Tensor, v: Tensor, capacity: int) -> tuple[Tensor, Tensor] | None:
+        """Layer ``slot``'s k/v buffers as views of the pool (allocated by layer 0), or ``None`` when its
+        shapes differ from the pool's (then the layer keeps its own buffers)."""
+        b, h, _, d = k.shape
+        shape = (len(self.self_attn), 2, b, h, capacity, d)
+        if slot == 0 and v.shape[-1] == d:
+            self._buffer = k.new_empty(shape)
+        buffer = self._buffer
+        if buffer is None or buffer.shape != shape or buffer.dtype != k.dtype or buffer.device != k.device:
+            return None
+        if v.shape[-1] != d or v.dtype != k.dtype:
+            return None
+        return buffer[slot, 0], buffer[slot, 1]
 
     def reset(self) -> None:
         for cache in (*self.self_attn, *self.cross_attn):
             cache.reset()
+        self._buffer = None
 
     def __repr__(self) -> str:
         return f"DecoderCache(num_layers={len(self)}, seq_len={self.seq_len})"

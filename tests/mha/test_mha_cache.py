@@ -159,3 +159,22 @@ def test_decode_step_builds_no_masks():
             dec(torch.randn(2, 1, E), mem, cache=cache)
     for name in ("any", "where", "bitwise_not", "bitwise_or", "cat", "ones", "tril", "index_select"):
         assert counter.ops[name] == 0, (name, counter.ops)
+
+
+def test_decoder_cache_pools_layers_one_copy_per_beam_reorder():
+    torch.manual_seed(0)
+    dec = Decoder(3, E, H).eval()
+    tgt, mem = torch.randn(3, 5, E), torch.randn(3, 4, E)
+    idx = torch.tensor([1, 0, 0])
+    full, _ = dec(tgt[idx], mem[idx])
+    cache = dec.make_cache(capacity=8)
+    with torch.no_grad():
+        dec(tgt[:, :3], mem, cache=cache)
+        with OpCounter() as counter:
+            cache.reorder(idx)  # self caches: one copy for all layers; cross caches: two per layer
+        assert counter.ops["index_select"] == 1 + 2 * 3
+        out = torch.cat([dec(tgt[idx, i : i + 1], mem[idx], cache=cache)[0] for i in (3, 4)], 1)
+    close(out, full[:, 3:])
+    cache.self_attn[1].reset()  # a layer leaving the pool: reorders fall back to per-layer copies
+    cache.reorder(idx)
+    assert cache.self_attn[0].seq_len == 5 and cache.self_attn[1].seq_len == 0
