@@ -335,7 +335,7 @@ def _decide(
             requires_grad,
             id(BACKEND_RULES),
             len(BACKEND_RULES),
-            tuple(is_enabled() for is_enabled, _ in _SDPA_FLAGS.values()) if q.is_cuda else None,
+            _flag_state() if q.is_cuda else None,
         )
         order = _DECISIONS.get(key)
         if order is not None:
@@ -355,7 +355,7 @@ def _decide(
         requires_grad=requires_grad,
     )
     order = select_backend(call)
-    if len(order) > 1 and q.is_cuda and not compiling and order[0] in _SDPA_BACKENDS:
+    if q.is_cuda and not compiling and order[0] in _SDPA_BACKENDS:
         order = _first_usable(q, k, v, mask, is_causal, dropout_p, gqa, order)
     if key is not None:
         if len(_DECISIONS) > 4096:
@@ -545,11 +545,36 @@ def _sdpa(
         groups = q.shape[1] // k.shape[1]
         k, v, gqa = _expand_kv(k, groups), _expand_kv(v, groups), False
     _STATE["last"] = ">".join(order)
+    if type(order) is _Checked and mask is None and not gqa and not compiling:
+        direct = _DIRECT.get(order[0])
+        if direct is not None and (order[0] != "flash" or q.shape[-1] % 8 == 0):
+            return direct(q, k, v, dropout_p, is_causal, scale)
     if compiling or len(order) > 1:  # traceable, and SDPA falls back along the list
         with sdpa_kernel([_SDPA_BACKENDS[name] for name in order], set_priority=True):
             return call(k, v, gqa)
     return _run_only(order[0], lambda: call(k, v, gqa))
 
+
+def _needs_lse(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+
+
+# Eager CUDA calls without a mask whose kernel is already decided (and checked by ``_first_usable``) go
+# straight to that kernel's ATen op, as ``F.scaled_dot_product_attention`` itself does after its own choice:
+# no backend-flag flipping, no second selection.  At ViT sizes (16, 12, 197, 64) the host time of a call is
+# longer than the kernel, so this is what keeps ``auto`` level with SDPA there.  Masked calls keep the SDPA
+# path (it converts and aligns masks for each kernel).
+_DIRECT: dict[str, Callable[[Tensor, Tensor, Tensor, float, bool, float | None], Tensor]] = {
+    "cudnn": lambda q, k, v, p, causal, scale: torch._scaled_dot_product_cudnn_attention(
+        q, k, v, None, _needs_lse(q, k, v), p, causal, False, scale=scale
+    )[0],
+    "flash": lambda q, k, v, p, causal, scale: torch._scaled_dot_product_flash_attention(
+        q, k, v, p, causal, False, scale=scale
+    )[0],
+    "efficient": lambda q, k, v, p, causal, scale: torch._scaled_dot_product_efficient_attention(
+        q, k, v, None, _needs_lse(q, k, v), p, causal, scale=scale
+    )[0],
+}
 
 # (is_enabled, enable) per SDPA backend: flipping four flags costs ~4 us; ``sdpa_kernel`` costs ~30-70 us,
 # which is more than the whole kernel at ViT sizes.
@@ -564,6 +589,17 @@ _SDPA_FLAGS = {
 }
 
 
+def _flag_state() -> tuple[bool, bool, bool, bool]:
+    """The four global SDPA backend flags (the C getters: a quarter of the Python wrappers' cost)."""
+    c = torch._C
+    return (
+        c._get_cudnn_sdp_enabled(),
+        c._get_flash_sdp_enabled(),
+        c._get_mem_efficient_sdp_enabled(),
+        c._get_math_sdp_enabled(),
+    )
+
+
 def _run_only(name: str, fn: Callable[[], Tensor]) -> Tensor:
     """Run ``fn`` with only SDPA backend ``name`` enabled (eager mode), restoring the flags afterwards."""
     previous = [is_enabled() for is_enabled, _ in _SDPA_FLAGS.values()]
@@ -574,6 +610,10 @@ def _run_only(name: str, fn: Callable[[], Tensor]) -> Tensor:
     finally:
         for (_, enable), was in zip(_SDPA_FLAGS.values(), previous, strict=True):
             enable(was)
+
+
+class _Checked(tuple):
+    """A one-kernel decision whose capability check passed (may take the ``_DIRECT`` path)."""
 
 
 def _first_usable(
@@ -605,7 +645,7 @@ def _first_usable(
                 g = False
             params = torch.backends.cuda.SDPAParams(q, kk, vv, mask, dropout_p, is_causal, g)
             if checks[name](params):
-                return (name,)
+                return _Checked((name,))
     except (RuntimeError, TypeError):  # an older/newer signature: let SDPA's priority list decide
         return order
     return order

@@ -103,3 +103,4 @@ class Task(ABC):
 
     def save_artifacts(self, model: nn.Module, datamodule: L.LightningDataModule, run_dir: Path) -> None:
         """Write task-specific outputs (attention maps, samples) into the run folder after testing."""
+        return None  # optional hook: tasks without artifacts keep this default

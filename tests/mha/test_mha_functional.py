@@ -225,7 +225,9 @@ def test_backend_rules_table():
     )  # fmt: skip
     assert select_backend(AttentionCall(**base))[0] == "cudnn"
     assert select_backend(AttentionCall(**{**base, "has_mask": True}))[0] == "cudnn"
-    assert select_backend(AttentionCall(**{**base, "has_mask": True, "dtype": torch.float32}))[0] == "efficient"
+    assert (
+        select_backend(AttentionCall(**{**base, "has_mask": True, "dtype": torch.float32}))[0] == "efficient"
+    )
     assert "cudnn" not in select_backend(AttentionCall(**{**base, "q_len": 1}))  # cuDNN raised for decode
     assert select_backend(AttentionCall(**{**base, "q_len": 64, "k_len": 64}))[0] == "efficient"
     assert select_backend(AttentionCall(**{**base, "head_dim": 256}))[0] == "flash"

@@ -110,3 +110,33 @@ def test_sdpa_reference_equivalence_fp16():
     torch.testing.assert_close(
         mha.attention(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=2e-3, rtol=2e-3
     )
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 8, 8, 64, 64), (2, 8, 8, 197, 64), (2, 8, 2, 512, 64), (1, 4, 4, 300, 128)]
+)
+@pytest.mark.parametrize("causal", [False, True])
+def test_direct_kernel_path_matches_sdpa_with_grads(shape, causal):
+    """Mask-free auto calls go straight to the decided kernel's ATen op: same output and grads as SDPA."""
+    from mha.functional import _SDPA_FLAGS, _run_only
+
+    b, h, hkv, n, d = shape
+    torch.manual_seed(0)
+    mha.clear_backend_cache()
+    base = strided_qkv(b, h, hkv, n, d)
+    ours_in = [t.detach().clone().requires_grad_() for t in base]
+    ref_in = [t.detach().clone().requires_grad_() for t in base]
+    out = mha.attention(*ours_in, is_causal=causal)
+    kernel = mha.last_backend()
+    assert kernel in _SDPA_FLAGS, kernel
+    rq, rk, rv = ref_in
+    rk, rv = rk.repeat_interleave(h // hkv, 1), rv.repeat_interleave(h // hkv, 1)
+    ref = _run_only(kernel, lambda: F.scaled_dot_product_attention(rq, rk, rv, is_causal=causal))
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    for ours_t, ref_t in zip(ours_in, ref_in, strict=True):
+        torch.testing.assert_close(ours_t.grad, ref_t.grad, atol=3e-2, rtol=3e-2)
+    with torch.no_grad():  # no logsumexp needed without grads
+        torch.testing.assert_close(mha.attention(*base, is_causal=causal), ref.detach(), atol=1e-2, rtol=1e-2)
