@@ -478,14 +478,10 @@ def _prepare_padding(key_padding_mask: Tensor | None, x: Tensor) -> bool:
     )
 
 
-class Encoder(nn.Module):
-    """A stack of ``EncoderLayer`` plus a final LayerNorm (pre-norm only).
+class _Stack(nn.Module):
+    """``num_layers`` layers of ``layer_type`` (stochastic depth ramped over them) and a final LayerNorm."""
 
-    Args:
-        num_layers: depth.  final_norm: final LayerNorm when ``norm_first`` (post-norm stacks end normalised).
-        drop_path: maximum of a linear stochastic-depth ramp over the layers.
-        **layer_kwargs: ``EncoderLayer`` keyword arguments.
-    """
+    layer_type: type[nn.Module]
 
     def __init__(
         self,
@@ -501,12 +497,24 @@ class Encoder(nn.Module):
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
         self.layers = nn.ModuleList(
-            EncoderLayer(embed_dim, num_heads, drop_path=p, **layer_kwargs)
+            self.layer_type(embed_dim, num_heads, drop_path=p, **layer_kwargs)
             for p in _drop_path_ramp(num_layers, drop_path)
         )
         norm_first = layer_kwargs.get("norm_first", True)
         eps = layer_kwargs.get("layer_norm_eps", 1e-5)
         self.norm = nn.LayerNorm(embed_dim, eps=eps) if final_norm and norm_first else nn.Identity()
+
+
+class Encoder(_Stack):
+    """A stack of ``EncoderLayer`` plus a final LayerNorm (pre-norm only).
+
+    Args:
+        num_layers: depth.  final_norm: final LayerNorm when ``norm_first`` (post-norm stacks end normalised).
+        drop_path: maximum of a linear stochastic-depth ramp over the layers.
+        **layer_kwargs: ``EncoderLayer`` keyword arguments.
+    """
+
+    layer_type = EncoderLayer
 
     @classmethod
     def from_torch(cls, encoder: nn.TransformerEncoder) -> Encoder:
@@ -551,7 +559,7 @@ class Encoder(nn.Module):
         return self.norm(x), (all_weights if need_weights else None)
 
 
-class Decoder(nn.Module):
+class Decoder(_Stack):
     """A stack of ``DecoderLayer`` plus a final LayerNorm (pre-norm only), with incremental decoding.
 
     ``make_cache()`` returns a ``DecoderCache``; then call ``decoder(x_new, memory, cache=cache)`` with the
@@ -559,26 +567,7 @@ class Decoder(nn.Module):
     prefix.
     """
 
-    def __init__(
-        self,
-        num_layers: int,
-        embed_dim: int,
-        num_heads: int,
-        *,
-        final_norm: bool = True,
-        drop_path: float = 0.0,
-        **layer_kwargs,
-    ) -> None:
-        super().__init__()
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-        self.layers = nn.ModuleList(
-            DecoderLayer(embed_dim, num_heads, drop_path=p, **layer_kwargs)
-            for p in _drop_path_ramp(num_layers, drop_path)
-        )
-        norm_first = layer_kwargs.get("norm_first", True)
-        eps = layer_kwargs.get("layer_norm_eps", 1e-5)
-        self.norm = nn.LayerNorm(embed_dim, eps=eps) if final_norm and norm_first else nn.Identity()
+    layer_type = DecoderLayer
 
     @classmethod
     def from_torch(cls, decoder: nn.TransformerDecoder) -> Decoder:
