@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import statistics
@@ -326,32 +327,34 @@ def main() -> None:
         "date": str(datetime.date.today()),
         "command": "python bench/attention.py " + " ".join(sys.argv[1:]),
     }
+    shape_names = args.shapes.split(",")
+    unknown = [name for name in shape_names if name not in SHAPES]
+    if unknown:  # before any timing, not after an hour of it
+        raise SystemExit(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
     old = json.loads(args.accumulate.read_text()) if args.accumulate and args.accumulate.exists() else []
     fresh: list[dict] = []
-    for level in args.levels.split(","):
-        for shape_name in args.shapes.split(","):
-            if shape_name not in SHAPES:
-                raise SystemExit(f"unknown shape {shape_name!r}; choose from {list(SHAPES)}")
-            for mode in args.modes.split(","):
-                backward = mode == "fwdbwd"
-                rows = (kernel_rows if level == "kernel" else module_rows)(SHAPES[shape_name], backward)
-                res = {"level": level, "shape": SHAPES[shape_name], "pass": mode, "rows": rows, "meta": meta}
-                fresh.append(res)
-                print(markdown([res]).split("\n", 2)[2], flush=True)
-                # saved after every table: a run cut off by a time limit keeps what it measured
-                if args.json:
-                    args.json.write_text(json.dumps(fresh, indent=1, default=str))
-                if args.accumulate:  # earlier runs (other shapes) stay in the table
-                    done = {(r["level"], tuple(r["shape"]), r["pass"]) for r in fresh}
-                    kept = [r for r in old if (r["level"], tuple(r["shape"]), r["pass"]) not in done]
-                    args.accumulate.write_text(json.dumps(kept + fresh, indent=1, default=str))
-    results = fresh
-    if args.accumulate:
-        results = json.loads(args.accumulate.read_text())
+    runs = itertools.product(args.levels.split(","), shape_names, args.modes.split(","))
+    for level, shape_name, mode in runs:
+        rows = (kernel_rows if level == "kernel" else module_rows)(SHAPES[shape_name], mode == "fwdbwd")
+        res = {"level": level, "shape": SHAPES[shape_name], "pass": mode, "rows": rows, "meta": meta}
+        fresh.append(res)
+        print(markdown([res]).split("\n", 2)[2], flush=True)
+        # saved after every table: a run cut off by a time limit keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps(fresh, indent=1, default=str))
+        if args.accumulate:
+            args.accumulate.write_text(json.dumps(merge(old, fresh), indent=1, default=str))
+    results = merge(old, fresh) if args.accumulate else fresh
     text = render(results)
     print("\n" + text)
     if args.write:
         write_section(args.write, text)
+
+
+def merge(old: list[dict], fresh: list[dict]) -> list[dict]:
+    """``old`` results (earlier runs) with every (level, shape, pass) that ``fresh`` re-measured replaced."""
+    done = {(r["level"], tuple(r["shape"]), r["pass"]) for r in fresh}
+    return [r for r in old if (r["level"], tuple(r["shape"]), r["pass"]) not in done] + fresh
 
 
 def render(results: list[dict]) -> str:
