@@ -131,7 +131,21 @@ BACKEND_RULES: list[BackendRule] = [
         ("efficient", "cudnn", "flash", "math"),
     ),
     BackendRule(
-        "CUDA fp16/bf16, head_dim <= 128, no arbitrary mask: cuDNN first",
+        "CUDA fp16/bf16, <= 256 keys, no mask, training: memory-efficient (H100, ViT-B 197 tokens fwd+bwd: "
+        "efficient 0.26 ms, flash 0.32, cuDNN 0.42)",
+        lambda c: (
+            c.dtype in _HALF and c.k_len <= 256 and c.head_dim <= 128 and not c.has_mask and c.requires_grad
+        ),
+        ("efficient", "flash", "cudnn", "math"),
+    ),
+    BackendRule(
+        "CUDA fp16/bf16, <= 256 keys, no mask, inference: flash (H100, ViT-B 197 tokens fwd: flash 0.028 ms, "
+        "efficient 0.032, cuDNN 0.036)",
+        lambda c: c.dtype in _HALF and c.k_len <= 256 and c.head_dim <= 128 and not c.has_mask,
+        ("flash", "efficient", "cudnn", "math"),
+    ),
+    BackendRule(
+        "CUDA fp16/bf16, head_dim <= 128, no arbitrary mask: cuDNN first (H100: 1.5x flash from 1k tokens)",
         lambda c: c.dtype in _HALF and c.head_dim <= 128 and not c.has_mask,
         ("cudnn", "flash", "efficient", "math"),
     ),
