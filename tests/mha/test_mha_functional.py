@@ -231,10 +231,13 @@ def test_backend_rules_table():
     assert "cudnn" not in select_backend(AttentionCall(**{**base, "q_len": 1}))  # cuDNN raised for decode
     assert select_backend(AttentionCall(**{**base, "q_len": 64, "k_len": 64}))[0] == "efficient"
     assert select_backend(AttentionCall(**{**base, "head_dim": 256}))[0] == "flash"
-    vit = {**base, "head_dim": 64, "q_len": 197, "k_len": 197, "is_causal": False}  # ViT-B/16 at 224 px
-    assert select_backend(AttentionCall(**vit))[0] == "flash"  # inference: flash led on the H100
-    assert select_backend(AttentionCall(**vit, requires_grad=True))[0] == "efficient"  # training: efficient
-    assert select_backend(AttentionCall(**{**vit, "has_mask": True}))[0] == "cudnn"
+    vit = {**base, "head_dim": 64, "q_len": 197, "k_len": 197, "is_causal": False}  # ViT at 224 px
+    assert select_backend(AttentionCall(**vit, batch_heads=16 * 12)) == ("sdpa",)  # small: host-bound
+    assert select_backend(AttentionCall(**vit, batch_heads=256 * 6, requires_grad=True))[0] == "cudnn"
+    assert select_backend(AttentionCall(**{**vit, "has_mask": True}, batch_heads=16 * 12))[0] == "cudnn"
+    assert (
+        select_backend(AttentionCall(**{**vit, "q_len": 64, "k_len": 64}, batch_heads=2048))[0] == "efficient"
+    )
     assert select_backend(AttentionCall(**{**base, "flex": True})) == ("flex",)
     assert select_backend(AttentionCall(**{**base, "flex": True, "dropout": True})) == ("eager",)
     assert select_backend(AttentionCall(**{**base, "return_weights": True})) == ("eager",)
