@@ -244,6 +244,21 @@ def test_backend_rules_table():
     assert select_backend(AttentionCall(**{**base, "device_type": "cpu"})) == ("sdpa",)
 
 
+def test_rules_see_the_call_facts(monkeypatch):
+    """What ``auto`` hands the rules: sizes (batch*heads included), flags and whether grads are needed."""
+    seen: list[AttentionCall] = []
+    rule = mha.BackendRule("record", lambda c: seen.append(c) or True, ("sdpa",))
+    monkeypatch.setattr(mha.functional, "BACKEND_RULES", [rule])
+    mha.clear_backend_cache()
+    q = torch.randn(3, 4, 5, 8, requires_grad=True)
+    k, v = torch.randn(3, 2, 7, 8), torch.randn(3, 2, 7, 6)
+    mha.attention(q, k, v, mask=torch.ones(5, 7, dtype=torch.bool))
+    call = seen[-1]
+    assert (call.batch_heads, call.q_len, call.k_len, call.head_dim) == (12, 5, 7, 8)
+    assert call.gqa and call.has_mask and call.requires_grad and not call.is_causal
+    mha.clear_backend_cache()
+
+
 def test_force_backend_context():
     q, k, v = qkv()
     m = mha.MultiHeadAttention(8, 2)
