@@ -353,8 +353,12 @@ def main() -> None:
 
 def merge(old: list[dict], fresh: list[dict]) -> list[dict]:
     """``old`` results (earlier runs) with every (level, shape, pass) that ``fresh`` re-measured replaced."""
-    done = {(r["level"], tuple(r["shape"]), r["pass"]) for r in fresh}
-    return [r for r in old if (r["level"], tuple(r["shape"]), r["pass"]) not in done] + fresh
+
+    def key(r: dict) -> tuple:
+        return r["level"], tuple(r["shape"]), r["pass"]
+
+    done = {key(r) for r in fresh}
+    return [r for r in old if key(r) not in done] + fresh
 
 
 def render(results: list[dict]) -> str:
