@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     import lightning as L
     import torch
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
     from tasks.common import AtomicCheckpointIO, format_table, plot_metrics, write_results
@@ -76,7 +76,11 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     trainer = instantiate(
         trainer_cfg,
         logger=CSVLogger(run_dir, name="", version=""),  # -> <run_dir>/metrics.csv
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        callbacks=[
+            checkpoint,
+            LearningRateMonitor(logging_interval="step"),
+            *([TQDMProgressBar(refresh_rate=cfg.progress_every)] if trainer_cfg.get("enable_progress_bar") else []),
+        ],
         plugins=[AtomicCheckpointIO()],
         gradient_clip_val=cfg.optim.grad_clip,
         default_root_dir=run_dir,

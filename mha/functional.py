@@ -212,6 +212,10 @@ def attention(
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
     """
+    if mask is None and backend == "auto" and not dropout_p and score_mod is None and block_mask is None:
+        plan = _plan(q, k, v, is_causal) if not return_weights else None
+        if plan is not None:  # a signature seen (and validated) before: straight to its kernel
+            return plan(q, k, v, scale)
     _check_inputs(q, k, v, mask, backend, dropout_p, return_weights, score_mod, block_mask)
     if is_causal and block_mask is not None:
         raise ValueError(
@@ -243,6 +247,19 @@ def _attend(
     and a ``where`` per call, and a ``where`` in backward) is skipped.  The guard is still built for the
     rows a bottom-right causal mask empties (``q_len > k_len``).
     """
+    fast = (
+        mask is None
+        and backend == "auto"
+        and not dropout_p
+        and score_mod is None
+        and block_mask is None
+        and not return_weights
+    )
+    if fast:
+        plan = _plan(q, k, v, is_causal)
+        if plan is not None:
+            return plan(q, k, v, scale)
+    causal_in = is_causal
     forced = _STATE["forced"]
     if backend == "auto" and forced is not None and not return_weights:  # inside force_backend(...)
         flex_call = score_mod is not None or block_mask is not None
@@ -271,6 +288,8 @@ def _attend(
 
     if backend == "auto":
         order = _decide(q, k, v, mask, is_causal, dropout_p, gqa, score_mod, block_mask, return_weights)
+        if fast and forced is None and mask is None:  # (a causal call that needed a built mask is not)
+            _remember_plan(q, k, v, causal_in, is_causal, gqa, order)
     else:
         order = (backend,)
 
@@ -383,6 +402,88 @@ def _decide(
 def clear_backend_cache() -> None:
     """Forget memoised ``auto`` decisions (call after editing ``BACKEND_RULES`` in place)."""
     _DECISIONS.clear()
+    _PLANS.clear()
+
+
+# ---- the fast path of eager, unmasked ``auto`` calls
+# A training loop calls attention with the same few signatures over and over.  Once a signature has been
+# validated and decided (the slow path above), its kernel call is kept as a "plan" keyed by everything the
+# validation and the decision read: shapes, strides, dtypes, device, causality, grad mode, the global SDPA
+# flags and the rule table.  A later call with that key skips ``_check_inputs`` and ``_decide`` and calls the
+# kernel: at ViT sizes, where the host time of a call is longer than the kernel, this is what keeps ``auto``
+# level with calling SDPA by hand.  Only unmasked calls without dropout, Flex or weights, outside
+# ``force_backend`` and ``torch.compile``, take it.
+_PLANS: dict[tuple, Callable[[Tensor, Tensor, Tensor, float | None], Tensor]] = {}
+
+
+def _plan_key(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> tuple:
+    return (
+        q.shape,
+        k.shape,
+        v.shape,
+        q.stride(),
+        k.stride(),
+        v.stride(),
+        q.dtype,
+        k.dtype,
+        v.dtype,
+        q.device,
+        is_causal,
+        torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad),
+        _flag_state() if q.is_cuda else None,
+        id(BACKEND_RULES),
+        len(BACKEND_RULES),
+    )
+
+
+def _plan(
+    q: Tensor, k: Tensor, v: Tensor, is_causal: bool
+) -> Callable[[Tensor, Tensor, Tensor, float | None], Tensor] | None:
+    """The remembered kernel call for this signature, or ``None`` (not seen, not eligible, compiling)."""
+    if not _PLANS or _STATE["forced"] is not None or torch.compiler.is_compiling():
+        return None
+    try:
+        return _PLANS.get(_plan_key(q, k, v, is_causal))
+    except (AttributeError, TypeError):  # not tensors: the slow path raises the clear error
+        return None
+
+
+def _remember_plan(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal_in: bool,
+    is_causal: bool,
+    gqa: bool,
+    order: tuple[str, ...],
+) -> None:
+    """After a slow-path decision: keep the kernel call when it needs no flags, masks or fallbacks.
+
+    ``causal_in`` is the caller's flag (part of the key), ``is_causal`` what the kernel gets (a single
+    decode query sees every key: not causal for the kernel).
+    """
+    if torch.compiler.is_compiling():
+        return
+    plan = None
+    if order == ("sdpa",):
+
+        def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+            _STATE["last"] = "sdpa"
+            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=gqa)
+
+    elif type(order) is _Checked and not gqa and order[0] in _DIRECT:
+        name, direct = order[0], _DIRECT[order[0]]
+        if name == "flash" and q.shape[-1] % 8:
+            return
+
+        def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+            _STATE["last"] = name
+            return direct(q, k, v, 0.0, is_causal, scale)
+
+    if plan is not None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        _PLANS[_plan_key(q, k, v, causal_in)] = plan
 
 
 def _check_inputs(

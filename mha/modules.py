@@ -132,6 +132,8 @@ class MultiHeadAttention(nn.Module):
             self.register_buffer("alibi_slopes", alibi_slopes(num_heads).to(device), persistent=False)
         else:
             self.alibi_slopes = None
+        # plain self-attention (fused qkv, no GQA/positions/qk-norm) may take forward's short path
+        self._plain = self._qkv_same_embed_dim and num_kv_heads == num_heads and not qk_norm and not positional
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -254,6 +256,40 @@ class MultiHeadAttention(nn.Module):
             ``(output, weights)``: output like ``query``; weights ``(batch, q_len, k_len)`` when averaged,
             ``(batch, num_heads, q_len, k_len)`` otherwise, or ``None`` when ``need_weights`` is ``False``.
         """
+        if (
+            key is None
+            and cache is None
+            and attn_mask is None
+            and key_padding_mask is None
+            and sdpa_mask is None
+            and positions is None
+            and not need_weights
+            and self._plain
+            and self.batch_first
+            and isinstance(query, Tensor)
+            and query.dim() == 3
+            and query.shape[-1] == self.embed_dim
+        ):
+            # the common case (a ViT / encoder block) in as few host operations as timm's Attention: at
+            # small shapes the host time of forward + backward is the cost, not the kernels
+            b, n, e = query.shape
+            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
+            q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            out = _attend(
+                q,
+                k,
+                v,
+                None,
+                is_causal,
+                None,
+                self.dropout if self.training else 0.0,
+                None,
+                None,
+                self.backend,
+                False,
+                False,
+            )
+            return self.out_proj(out.transpose(1, 2).reshape(b, n, e)), None
         if not isinstance(query, Tensor):
             raise TypeError(f"query must be a Tensor, got {type(query).__name__}")
         static = cache is not None and cache.static

@@ -7,6 +7,7 @@ settings (``optim.grad_clip`` and ``trainer.precision``), applied in ``train.py`
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any
 
@@ -61,6 +62,15 @@ class TaskModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self._trainer is not None and self.trainer.training
         return self.task.on_device_batch(batch, training)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        """``train/epoch_time_s`` in metrics.csv: wall seconds of the epoch's training batches."""
+        start = getattr(self, "_epoch_start", None)
+        if start is not None:
+            self.log("train/epoch_time_s", time.perf_counter() - start, on_epoch=True, sync_dist=False)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.task.training_loss(self.model, batch)

@@ -22,7 +22,8 @@ class PatchEmbed(nn.Module):
 
     ``stem_channels=()`` is the plain ViT embedding: one ``patch_size`` x ``patch_size`` linear projection
     per patch (a strided conv, timm's ``patch_embed.proj``). A non-empty ``stem_channels`` puts a small conv
-    stem in front (CCT-style: per entry conv3x3 -> BatchNorm -> GELU -> max-pool /2, rounding up), and
+    stem in front (CCT-style: per entry ``stem_depth`` x [conv3x3 -> BatchNorm -> GELU], then max-pool /2,
+    rounding up), and
     ``proj`` then covers the remaining ``patch_size / 2**len(stem_channels)`` pixels, so ``patch_size`` is
     the pixels per token side (28 px with a 3-stage stem and patch_size 8: 28 -> 4 px, 4x4 tokens).
     """
@@ -34,8 +35,11 @@ class PatchEmbed(nn.Module):
         in_chans: int,
         embed_dim: int,
         stem_channels: Sequence[int] = (),
+        stem_depth: int = 1,
     ) -> None:
         super().__init__()
+        if not isinstance(stem_depth, int) or stem_depth < 1:
+            raise ValueError(f"stem_depth (conv layers per stem stage) must be an int >= 1, got {stem_depth!r}")
         down = 2 ** len(stem_channels)
         if patch_size % down:
             raise ValueError(
@@ -54,13 +58,10 @@ class PatchEmbed(nn.Module):
         layers: list[nn.Module] = []
         c = in_chans
         for out in stem_channels:
-            layers += [
-                nn.Conv2d(c, out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(out),
-                nn.GELU(),
-                nn.MaxPool2d(3, stride=2, padding=1),
-            ]
-            c = out
+            for _ in range(stem_depth):
+                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.GELU()]
+                c = out
+            layers.append(nn.MaxPool2d(3, stride=2, padding=1))
         self.stem = nn.Sequential(*layers) if layers else nn.Identity()
         self.proj = nn.Conv2d(c, embed_dim, kernel, stride=kernel)
         self.grid_size = side // kernel
@@ -85,6 +86,7 @@ class ViT(nn.Module):
         mlp_ratio: MLP hidden width / embed_dim.
         pool: ``"token"`` (class token) or ``"avg"`` (mean of patch tokens).
         stem_channels: conv stem widths before the patch projection (() = plain linear patches).
+        stem_depth: conv3x3-BN-GELU layers per stem stage (before its max-pool).
         dropout: dropout after attention / MLP and on the embeddings.
         attn_dropout: dropout on attention weights.
         drop_path: stochastic-depth rate of the last layer (linear ramp from 0).
@@ -106,6 +108,7 @@ class ViT(nn.Module):
         mlp_ratio: float = 4.0,
         pool: str = "token",
         stem_channels: Sequence[int] = (),
+        stem_depth: int = 1,
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         drop_path: float = 0.0,
@@ -122,7 +125,9 @@ class ViT(nn.Module):
         self.pool = pool
         self.num_classes = num_classes
         self.embed_dim = embed_dim
-        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, embed_dim, tuple(stem_channels))
+        self.patch_embed = PatchEmbed(
+            image_size, patch_size, in_chans, embed_dim, tuple(stem_channels), stem_depth
+        )
         self.num_prefix_tokens = 1 if pool == "token" else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if pool == "token" else None
         self.pos_embed = nn.Parameter(

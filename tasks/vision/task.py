@@ -27,6 +27,8 @@ class VisionTask(Task):
             default to the data's).
         augment: :class:`~tasks.vision.augment.BatchAugment` kwargs (training batches only, on device).
         label_smoothing: label smoothing of the training cross-entropy.
+        tta_flip: at validation / test, average the logits of each image and its horizontal mirror
+            (test-time augmentation; only for data where a mirrored image keeps its label).
         num_attention_images: test images drawn in ``attention_maps.png``.
     """
 
@@ -39,6 +41,7 @@ class VisionTask(Task):
         model: dict[str, Any] | None = None,
         augment: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
+        tta_flip: bool = False,
         num_attention_images: int = 8,
     ) -> None:
         super().__init__(data, model)
@@ -46,6 +49,7 @@ class VisionTask(Task):
             raise ValueError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.augment = BatchAugment(**(augment or {}))
         self.label_smoothing = label_smoothing
+        self.tta_flip = bool(tta_flip)
         self.num_attention_images = num_attention_images
         self.num_classes = 0
         self.mean = self.std = None  # per-channel statistics of the training images, (1, C, 1, 1)
@@ -96,6 +100,8 @@ class VisionTask(Task):
     def eval_step(self, model: nn.Module, batch: Any, metrics: MetricCollection) -> torch.Tensor:
         x, y = batch
         logits = model(x).float()
+        if self.tta_flip:
+            logits = (logits + model(x.flip(-1)).float()) / 2
         metrics.update(logits, y)
         return F.cross_entropy(logits, y)
 

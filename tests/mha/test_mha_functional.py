@@ -322,3 +322,62 @@ def test_auto_decisions_are_memoised_and_clearable():
     assert len(mha.functional._DECISIONS) == 2
     mha.clear_backend_cache()
     assert not mha.functional._DECISIONS
+
+
+def test_fast_path_plans_repeat_calls_and_keeps_results():
+    """A repeated unmasked signature goes straight to its kernel call (a "plan"), with equal results."""
+    mha.clear_backend_cache()
+    plans = mha.functional._PLANS
+    q, k, v = qkv()
+    first = mha.attention(q, k, v, is_causal=True)
+    assert len(plans) == 1
+    calls = []
+    key = next(iter(plans))
+    plan = plans[key]
+    plans[key] = lambda *a: calls.append(1) or plan(*a)
+    again = mha.attention(q, k, v, is_causal=True)
+    assert calls == [1]  # the plan ran, not the slow path
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    torch.testing.assert_close(first, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    assert mha.last_backend() == "sdpa"
+    # every fact the checks and the decision read is part of the key
+    mha.attention(q, k, v)  # not causal
+    mha.attention(q.transpose(2, 3).contiguous().transpose(2, 3), k, v)  # other strides
+    mha.attention(q.requires_grad_(), k, v)  # grads
+    assert len(plans) == 4
+    # masks, dropout, weights and Flex never take or make a plan
+    mha.attention(q, k, v, mask=torch.ones(q.shape[2], k.shape[2], dtype=torch.bool))
+    mha.attention(q, k, v, dropout_p=0.1)
+    mha.attention(q, k, v, return_weights=True)
+    assert len(plans) == 4
+    mha.clear_backend_cache()
+    assert not plans
+
+
+def test_fast_path_still_validates_new_signatures_and_respects_force_backend():
+    mha.clear_backend_cache()
+    q, k, v = qkv()
+    mha.attention(q, k, v)  # a plan exists now
+    with pytest.raises(ValueError, match="k and v must share"):
+        mha.attention(q, k, v[:, :, :-1])
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        mha.attention([1.0], k, v)
+    with mha.force_backend("eager"):
+        mha.attention(q, k, v)
+        assert mha.last_backend() == "eager"
+
+
+def test_module_short_path_matches_the_general_path():
+    """Plain self-attention takes forward's short path; it must equal the general path (key given)."""
+    torch.manual_seed(0)
+    m = mha.MultiHeadAttention(32, 4).eval()
+    x = torch.randn(2, 7, 32, requires_grad=True)
+    for causal in (False, True):
+        short, _ = m(x, is_causal=causal)
+        general, _ = m(x, x, x, is_causal=causal)  # key is query: same projection, general code
+        torch.testing.assert_close(short, general, rtol=0, atol=1e-6)
+        (gs,) = torch.autograd.grad(short.sum(), x)
+        (gg,) = torch.autograd.grad(general.sum(), x)
+        torch.testing.assert_close(gs, gg, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="embed_dim=32"):
+        m(torch.randn(2, 7, 16))
