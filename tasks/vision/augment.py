@@ -75,6 +75,7 @@ class BatchAugment(nn.Module):
         self.crop, self.scale, self.ratio, self.pad = crop, tuple(scale), tuple(ratio), float(pad)
         self.flip, self.rotate = flip, float(rotate)
         self.trivial_augment, self.magnitude = trivial_augment, float(magnitude)
+        self._kernels: dict[tuple, torch.Tensor] = {}
         self.mixup_alpha, self.cutmix_alpha, self.mix_prob = (
             float(mixup_alpha),
             float(cutmix_alpha),
@@ -137,6 +138,16 @@ class BatchAugment(nn.Module):
             return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         return x.mean(1, keepdim=True)
 
+    def _smooth_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        """PIL's SMOOTH filter (3x3), made once per device/dtype: building it per batch is a host->device
+        copy from pageable memory, which waits for the GPU (a sync every training step)."""
+        key = (x.device, x.dtype)
+        cached = self._kernels.get(key)
+        if cached is None:
+            cached = torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=x.dtype) / 13
+            cached = self._kernels[key] = cached.to(x.device)
+        return cached
+
     def _color(self, x: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
         """Apply colour op ``op[i]`` (index into COLOR_OPS) with a random magnitude to image i."""
         b = x.shape[0]
@@ -149,8 +160,8 @@ class BatchAugment(nn.Module):
         mean = self._gray(x).mean(dim=(1, 2, 3), keepdim=True)
         out = torch.where(sel == 2, (x - mean) * factor + mean, out)
         out = torch.where(sel == 3, (x - self._gray(x)) * factor + self._gray(x), out)
-        kernel = torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=x.dtype, device=x.device) / 13
         c = x.shape[1]
+        kernel = self._smooth_kernel(x)
         blur = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel.expand(c, 1, 3, 3), groups=c)
         out = torch.where(sel == 4, blur + (x - blur) * factor, out)
         threshold = 1 - mag

@@ -88,7 +88,9 @@ class VisionTask(Task):
         x = images.float().div_(255)
         if training:
             x = self.augment(x)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # once: a pageable host->device copy per step would sync the GPU
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        x = (x - self.mean) / self.std
         if training and self.augment.mixes:
             x, labels = self.augment.mix(x, labels, self.num_classes)
         return x, labels
