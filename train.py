@@ -79,7 +79,11 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
         callbacks=[
             checkpoint,
             LearningRateMonitor(logging_interval="step"),
-            *([TQDMProgressBar(refresh_rate=cfg.progress_every)] if trainer_cfg.get("enable_progress_bar") else []),
+            *(
+                [TQDMProgressBar(refresh_rate=cfg.progress_every)]
+                if trainer_cfg.get("enable_progress_bar")
+                else []
+            ),
         ],
         plugins=[AtomicCheckpointIO()],
         gradient_clip_val=cfg.optim.grad_clip,

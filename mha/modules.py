@@ -133,7 +133,9 @@ class MultiHeadAttention(nn.Module):
         else:
             self.alibi_slopes = None
         # plain self-attention (fused qkv, no GQA/positions/qk-norm) may take forward's short path
-        self._plain = self._qkv_same_embed_dim and num_kv_heads == num_heads and not qk_norm and not positional
+        self._plain = (
+            self._qkv_same_embed_dim and num_kv_heads == num_heads and not qk_norm and not positional
+        )
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:

@@ -39,7 +39,9 @@ class PatchEmbed(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(stem_depth, int) or stem_depth < 1:
-            raise ValueError(f"stem_depth (conv layers per stem stage) must be an int >= 1, got {stem_depth!r}")
+            raise ValueError(
+                f"stem_depth (conv layers per stem stage) must be an int >= 1, got {stem_depth!r}"
+            )
         down = 2 ** len(stem_channels)
         if patch_size % down:
             raise ValueError(
