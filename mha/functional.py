@@ -212,8 +212,9 @@ def attention(
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
     """
-    if mask is None and backend == "auto" and not dropout_p and score_mod is None and block_mask is None:
-        plan = _plan(q, k, v, is_causal) if not return_weights else None
+    plannable = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
+    if plannable:
+        plan = _plan(q, k, v, is_causal)
         if plan is not None:  # a signature seen (and validated) before: straight to its kernel
             return plan(q, k, v, scale)
     _check_inputs(q, k, v, mask, backend, dropout_p, return_weights, score_mod, block_mask)
@@ -222,7 +223,19 @@ def attention(
             "is_causal=True with a block_mask: put causality into the block_mask's mask_mod instead"
         )
     return _attend(
-        q, k, v, mask, is_causal, scale, dropout_p, score_mod, block_mask, backend, return_weights, True
+        q,
+        k,
+        v,
+        mask,
+        is_causal,
+        scale,
+        dropout_p,
+        score_mod,
+        block_mask,
+        backend,
+        return_weights,
+        True,
+        plan_tried=plannable,
     )
 
 
@@ -239,23 +252,19 @@ def _attend(
     backend: str,
     return_weights: bool,
     guard: bool,
+    *,
+    plan_tried: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """``attention`` after validation (modules call this directly: their inputs are built, not given).
 
     ``guard=False`` promises that ``mask`` leaves every query row at least one key (e.g. a key-padding mask
     prepared by ``mha.masks.key_padding_to_sdpa``); then the fully-masked-row guard (an ``any``, an ``or``
     and a ``where`` per call, and a ``where`` in backward) is skipped.  The guard is still built for the
-    rows a bottom-right causal mask empties (``q_len > k_len``).
+    rows a bottom-right causal mask empties (``q_len > k_len``).  ``plan_tried``: the caller already
+    looked for a remembered plan (and found none).
     """
-    fast = (
-        mask is None
-        and backend == "auto"
-        and not dropout_p
-        and score_mod is None
-        and block_mask is None
-        and not return_weights
-    )
-    if fast:
+    fast = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
+    if fast and not plan_tried:
         plan = _plan(q, k, v, is_causal)
         if plan is not None:
             return plan(q, k, v, scale)
@@ -349,27 +358,13 @@ def _decide(
     pays for the rules and the capability checks once.  ``clear_backend_cache()`` forgets it.
     """
     compiling = torch.compiler.is_compiling()
-    requires_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     key = None
     if not compiling:
-        key = (
-            q.device,
-            q.dtype,
-            q.shape,
-            k.shape,
-            v.shape,
-            q.stride(),
-            k.stride(),
-            v.stride(),
+        key = _signature(q, k, v, is_causal) + (
             None if mask is None else (mask.dtype, mask.shape, mask.stride()),
-            is_causal,
             dropout_p > 0.0,
             score_mod is not None or block_mask is not None,
             return_weights,
-            requires_grad,
-            id(BACKEND_RULES),
-            len(BACKEND_RULES),
-            _flag_state() if q.is_cuda else None,
         )
         order = _DECISIONS.get(key)
         if order is not None:
@@ -386,7 +381,7 @@ def _decide(
         dropout=dropout_p > 0.0,
         flex=score_mod is not None or block_mask is not None,
         return_weights=return_weights,
-        requires_grad=requires_grad,
+        requires_grad=torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad),
         batch_heads=q.shape[0] * q.shape[1],
     )
     order = select_backend(call)
@@ -416,7 +411,8 @@ def clear_backend_cache() -> None:
 _PLANS: dict[tuple, Callable[[Tensor, Tensor, Tensor, float | None], Tensor]] = {}
 
 
-def _plan_key(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> tuple:
+def _signature(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> tuple:
+    """What validation and the backend decision read of an unmasked call (the key of both caches)."""
     return (
         q.shape,
         k.shape,
@@ -436,6 +432,25 @@ def _plan_key(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> tuple:
     )
 
 
+def _plannable(
+    mask: Tensor | None,
+    backend: str,
+    dropout_p: float,
+    score_mod: Callable | None,
+    block_mask: object | None,
+    return_weights: bool,
+) -> bool:
+    """Whether a call may take (and make) a plan: unmasked ``auto``, no dropout, Flex or weights."""
+    return (
+        mask is None
+        and backend == "auto"
+        and not dropout_p
+        and score_mod is None
+        and block_mask is None
+        and not return_weights
+    )
+
+
 def _plan(
     q: Tensor, k: Tensor, v: Tensor, is_causal: bool
 ) -> Callable[[Tensor, Tensor, Tensor, float | None], Tensor] | None:
@@ -443,7 +458,7 @@ def _plan(
     if not _PLANS or _STATE["forced"] is not None or torch.compiler.is_compiling():
         return None
     try:
-        return _PLANS.get(_plan_key(q, k, v, is_causal))
+        return _PLANS.get(_signature(q, k, v, is_causal))
     except (AttributeError, TypeError):  # not tensors: the slow path raises the clear error
         return None
 
@@ -471,10 +486,8 @@ def _remember_plan(
             _STATE["last"] = "sdpa"
             return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=gqa)
 
-    elif type(order) is _Checked and not gqa and order[0] in _DIRECT:
-        name, direct = order[0], _DIRECT[order[0]]
-        if name == "flash" and q.shape[-1] % 8:
-            return
+    elif (direct := _direct_kernel(order, gqa, q.shape[-1])) is not None:
+        name = order[0]
 
         def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
             _STATE["last"] = name
@@ -483,7 +496,7 @@ def _remember_plan(
     if plan is not None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
-        _PLANS[_plan_key(q, k, v, causal_in)] = plan
+        _PLANS[_signature(q, k, v, causal_in)] = plan
 
 
 def _check_inputs(
@@ -662,9 +675,9 @@ def _sdpa(
         groups = q.shape[1] // k.shape[1]
         k, v, gqa = _expand_kv(k, groups), _expand_kv(v, groups), False
     _STATE["last"] = ">".join(order)
-    if type(order) is _Checked and mask is None and not gqa and not compiling:
-        direct = _DIRECT.get(order[0])
-        if direct is not None and (order[0] != "flash" or q.shape[-1] % 8 == 0):
+    if mask is None and not compiling:
+        direct = _direct_kernel(order, gqa, q.shape[-1])
+        if direct is not None:
             return direct(q, k, v, dropout_p, is_causal, scale)
     if compiling or len(order) > 1:  # traceable, and SDPA falls back along the list
         with sdpa_kernel([_SDPA_BACKENDS[name] for name in order], set_priority=True):
@@ -692,6 +705,14 @@ _DIRECT: dict[str, Callable[[Tensor, Tensor, Tensor, float, bool, float | None],
         q, k, v, None, _needs_lse(q, k, v), p, causal, scale=scale
     )[0],
 }
+
+
+def _direct_kernel(order: tuple[str, ...], gqa: bool, head_dim: int) -> Callable | None:
+    """The ``_DIRECT`` op for a checked one-kernel decision of an unmasked, non-GQA call, else ``None``."""
+    if type(order) is not _Checked or gqa or (order[0] == "flash" and head_dim % 8):
+        return None
+    return _DIRECT.get(order[0])
+
 
 # (is_enabled, enable) per SDPA backend: flipping four flags costs ~4 us; ``sdpa_kernel`` costs ~30-70 us,
 # which is more than the whole kernel at ViT sizes.
