@@ -286,6 +286,7 @@ def write_section(path: Path, text: str) -> None:
 
 
 def main() -> None:
+    global DEVICE, ROUNDS
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -303,9 +304,15 @@ def main() -> None:
         "build one table, e.g. bench/attention_results.json",
     )
     parser.add_argument("--device", default="cuda", help="cuda (benchmark) or cpu (smoke run of the script)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help="timing rounds per row, best median kept (host-bound rows vary ~20%% run to run: use 6+)",
+    )
     args = parser.parse_args()
-    global DEVICE
     DEVICE = args.device
+    ROUNDS = max(1, args.rounds)
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
             "bench/attention.py needs a CUDA GPU (or --device cpu --shapes tiny for a smoke run)"

@@ -214,9 +214,9 @@ def attention(
     """
     plannable = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
     if plannable:
-        plan = _plan(q, k, v, is_causal)
-        if plan is not None:  # a signature seen (and validated) before: straight to its kernel
-            return plan(q, k, v, scale)
+        out = _run_plan(q, k, v, is_causal, scale)
+        if out is not None:  # a signature seen (and validated) before: straight to its kernel
+            return out
     _check_inputs(q, k, v, mask, backend, dropout_p, return_weights, score_mod, block_mask)
     if is_causal and block_mask is not None:
         raise ValueError(
@@ -265,9 +265,9 @@ def _attend(
     """
     fast = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
     if fast and not plan_tried:
-        plan = _plan(q, k, v, is_causal)
-        if plan is not None:
-            return plan(q, k, v, scale)
+        out = _run_plan(q, k, v, is_causal, scale)
+        if out is not None:
+            return out
     causal_in = is_causal
     forced = _STATE["forced"]
     if backend == "auto" and forced is not None and not return_weights:  # inside force_backend(...)
@@ -360,11 +360,15 @@ def _decide(
     compiling = torch.compiler.is_compiling()
     key = None
     if not compiling:
-        key = _signature(q, k, v, is_causal) + (
-            None if mask is None else (mask.dtype, mask.shape, mask.stride()),
-            dropout_p > 0.0,
-            score_mod is not None or block_mask is not None,
-            return_weights,
+        key = (
+            _signature(q, k, v, is_causal)
+            + _strides_and_flags(q, k, v)
+            + (
+                None if mask is None else (mask.dtype, mask.shape, mask.stride()),
+                dropout_p > 0.0,
+                score_mod is not None or block_mask is not None,
+                return_weights,
+            )
         )
         order = _DECISIONS.get(key)
         if order is not None:
@@ -403,30 +407,28 @@ def clear_backend_cache() -> None:
 # ---- the fast path of eager, unmasked ``auto`` calls
 # A training loop calls attention with the same few signatures over and over.  Once a signature has been
 # validated and decided (the slow path above), its kernel call is kept as a "plan" keyed by everything the
-# validation and the decision read: shapes, strides, dtypes, device, causality, grad mode, the global SDPA
-# flags and the rule table.  A later call with that key skips ``_check_inputs`` and ``_decide`` and calls the
-# kernel: at ViT sizes, where the host time of a call is longer than the kernel, this is what keeps ``auto``
-# level with calling SDPA by hand.  Only unmasked calls without dropout, Flex or weights, outside
-# ``force_backend`` and ``torch.compile``, take it.
-_PLANS: dict[tuple, Callable[[Tensor, Tensor, Tensor, float | None], Tensor]] = {}
+# validation and the rules read: shapes, dtypes, device, causality, grad mode and the rule table.  A later
+# call with that key skips ``_check_inputs`` and ``_decide`` and calls the kernel: at ViT sizes, where the
+# host time of a call is longer than the kernel, this is what keeps ``auto`` level with calling SDPA by hand.
+# Strides and the global SDPA flags are not in the key (reading them costs ~0.5 us a call): a "sdpa" plan
+# calls F.sdpa, which reads them itself; a one-kernel plan checks them and steps aside when they differ.
+# Only unmasked calls without dropout, Flex or weights, outside ``force_backend`` and ``torch.compile``,
+# take a plan.
+_PLANS: dict[tuple, Callable[[Tensor, Tensor, Tensor, float | None], Tensor | None]] = {}
 
 
 def _signature(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> tuple:
-    """What validation and the backend decision read of an unmasked call (the key of both caches)."""
+    """What validation and the rules read of an unmasked call: the plans' key (decisions add more)."""
     return (
         q.shape,
         k.shape,
         v.shape,
-        q.stride(),
-        k.stride(),
-        v.stride(),
         q.dtype,
         k.dtype,
         v.dtype,
         q.device,
         is_causal,
         torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad),
-        _flag_state() if q.is_cuda else None,
         id(BACKEND_RULES),
         len(BACKEND_RULES),
     )
@@ -451,16 +453,15 @@ def _plannable(
     )
 
 
-def _plan(
-    q: Tensor, k: Tensor, v: Tensor, is_causal: bool
-) -> Callable[[Tensor, Tensor, Tensor, float | None], Tensor] | None:
-    """The remembered kernel call for this signature, or ``None`` (not seen, not eligible, compiling)."""
+def _run_plan(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float | None) -> Tensor | None:
+    """Run the remembered kernel call of this signature; ``None``: no plan (new, forced, compiling, stale)."""
     if not _PLANS or _STATE["forced"] is not None or torch.compiler.is_compiling():
         return None
     try:
-        return _PLANS.get(_signature(q, k, v, is_causal))
-    except (AttributeError, TypeError):  # not tensors: the slow path raises the clear error
+        plan = _PLANS.get(_signature(q, k, v, is_causal))
+    except AttributeError:  # not tensors: the slow path raises the clear error
         return None
+    return None if plan is None else plan(q, k, v, scale)
 
 
 def _remember_plan(
@@ -480,23 +481,40 @@ def _remember_plan(
     if torch.compiler.is_compiling():
         return
     plan = None
-    if order == ("sdpa",):
+    if order == ("sdpa",):  # PyTorch's own choice: F.sdpa reads strides and the global SDPA flags itself
+        sdpa = F.scaled_dot_product_attention
+        if is_causal or gqa:
+            kwargs = {"is_causal": is_causal, "enable_gqa": gqa}
 
-        def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
-            _STATE["last"] = "sdpa"
-            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=gqa)
+            def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+                _STATE["last"] = "sdpa"
+                return sdpa(q, k, v, scale=scale, **kwargs)
+
+        else:  # the ViT call: no keyword arguments to parse (~0.4 us of the ~20 us a small call takes)
+
+            def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+                _STATE["last"] = "sdpa"
+                return sdpa(q, k, v) if scale is None else sdpa(q, k, v, scale=scale)
 
     elif (direct := _direct_kernel(order, gqa, q.shape[-1])) is not None:
         name = order[0]
+        checked = _strides_and_flags(q, k, v)  # what the decision checked this kernel against
 
-        def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+        def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor | None:
+            if _strides_and_flags(q, k, v) != checked:  # other strides or flags: the slow path decides
+                return None
             _STATE["last"] = name
             return direct(q, k, v, 0.0, is_causal, scale)
 
     if plan is not None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
-        _PLANS[_signature(q, k, v, causal_in)] = plan
+        _PLANS.setdefault(_signature(q, k, v, causal_in), plan)  # the first stride pattern keeps the slot
+
+
+def _strides_and_flags(q: Tensor, k: Tensor, v: Tensor) -> tuple:
+    """What a kernel's capability check reads besides the signature: strides and the SDPA flags."""
+    return q.stride(), k.stride(), v.stride(), _flag_state() if q.is_cuda else None
 
 
 def _check_inputs(

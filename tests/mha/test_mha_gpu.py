@@ -140,3 +140,28 @@ def test_direct_kernel_path_matches_sdpa_with_grads(shape, causal):
         torch.testing.assert_close(ours_t.grad, ref_t.grad, atol=3e-2, rtol=3e-2)
     with torch.no_grad():  # no logsumexp needed without grads
         torch.testing.assert_close(mha.attention(*base, is_causal=causal), ref.detach(), atol=1e-2, rtol=1e-2)
+
+
+def test_direct_kernel_plan_steps_aside_for_other_strides_and_flags():
+    """A one-kernel plan is keyed without strides and SDPA flags: it must check both and defer on change."""
+    from mha.functional import _PLANS, _SDPA_FLAGS
+
+    mha.clear_backend_cache()
+    q, k, v = (torch.randn(80, 8, 512, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    mha.attention(q, k, v)
+    kernel = mha.last_backend()
+    assert kernel in _SDPA_FLAGS and len(_PLANS) == 1, kernel
+    ref = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(mha.attention(q, k, v), ref, atol=1e-2, rtol=1e-2)
+    qt = q.transpose(2, 3).contiguous().transpose(2, 3)  # same signature, head_dim not contiguous
+    torch.testing.assert_close(mha.attention(qt, k, v), ref, atol=1e-2, rtol=1e-2)
+    _, enable = _SDPA_FLAGS[kernel]
+    enable(False)
+    try:
+        torch.testing.assert_close(mha.attention(q, k, v), ref, atol=1e-2, rtol=1e-2)
+        assert mha.last_backend() != kernel  # the disabled kernel is not run through the old plan
+    finally:
+        enable(True)
+    mha.attention(q, k, v)
+    assert mha.last_backend() == kernel
+    mha.clear_backend_cache()
