@@ -60,7 +60,13 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     task = instantiate(cfg.task, _convert_="all")  # the Task subclass named by task._target_
     datamodule = task.build_datamodule()
     model = task.build_model(datamodule)
-    module = TaskModule(task, model, OmegaConf.to_container(cfg.optim), compile=cfg.compile)
+    module = TaskModule(
+        task,
+        model,
+        OmegaConf.to_container(cfg.optim),
+        compile=cfg.compile,
+        compile_mode=cfg.get("compile_mode"),
+    )
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer)
     if trainer_cfg.get("precision") is None:

@@ -97,6 +97,11 @@ class Task(ABC):
         """Hook run after the batch reached the device (e.g. GPU augmentation). Default: unchanged."""
         return batch
 
+    def compile_batch_work(self) -> None:
+        """With ``compile=true``: ``torch.compile`` the task's own per-batch tensor work (e.g. augmentation)
+        in place. Default: nothing to compile."""
+        return None
+
     def baselines(self, datamodule: L.LightningDataModule) -> dict[str, dict[str, float]]:
         """Non-attention baselines on the test split: ``{"majority class": {"acc": 0.11}}``."""
         return {}

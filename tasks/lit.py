@@ -39,10 +39,21 @@ class TaskModule(L.LightningModule):
         model: the ``nn.Module`` to train (built by ``task.build_model``).
         optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup`` (fraction < 1 or steps),
             ``min_lr_ratio`` (``grad_clip`` is read by train.py and given to the Trainer).
-        compile: ``torch.compile`` the model in place (state-dict names are unchanged).
+        compile: ``torch.compile`` the model in place (state-dict names are unchanged), and the task's
+            per-batch work (``Task.compile_batch_work``).
+        compile_mode: ``torch.compile`` mode of the model: ``None`` (default), ``"reduce-overhead"`` (CUDA
+            graphs: for small models whose training step is bound by kernel launches, not by the GPU),
+            ``"max-autotune"``, ...
     """
 
-    def __init__(self, task: Task, model: nn.Module, optim: dict[str, Any], compile: bool = False) -> None:
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        optim: dict[str, Any],
+        compile: bool = False,
+        compile_mode: str | None = None,
+    ) -> None:
         super().__init__()
         self.task = task
         self.model = model
@@ -51,7 +62,8 @@ class TaskModule(L.LightningModule):
             if key not in self.optim:
                 raise ValueError(f"optim.{key} is missing from the config (got keys {sorted(self.optim)})")
         if compile:
-            self.model.compile()
+            self.model.compile(mode=compile_mode)
+            task.compile_batch_work()
         metrics = task.build_metrics()
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
