@@ -141,3 +141,33 @@ def test_task_loss_metrics_and_baseline(tmp_path):
     assert task.baselines(dm) == {"majority class": {"acc": pytest.approx(0.1)}}
     task.save_artifacts(model, dm, tmp_path)
     assert (tmp_path / "plots" / "attention_maps.png").stat().st_size > 1000
+
+
+def test_compile_covers_model_and_augmentation_with_the_chosen_mode(monkeypatch):
+    """compile=true compiles the model with compile_mode and the GPU augmentation; compile=false neither."""
+    from tasks.lit import TaskModule
+
+    def build(**kwargs):
+        task = VisionTask(
+            data={"batch_size": 16}, model={"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}
+        )
+        model = task.build_model(task.build_datamodule())
+        TaskModule(task, model, {"lr": 1e-3, "weight_decay": 0.0, "warmup": 0}, **kwargs)
+        return task, model
+
+    with pytest.raises(RuntimeError, match="Unrecognized mode=bogus"):  # torch names the valid modes
+        build(compile=True, compile_mode="bogus")
+    modes = []
+    real_compile = torch.compile
+
+    def recording_compile(fn, **kw):
+        modes.append(kw.get("mode"))
+        return real_compile(fn, **kw)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    task, model = build(compile=True, compile_mode="reduce-overhead")
+    assert model._compiled_call_impl is not None and task.augment._compiled_call_impl is not None
+    assert modes == ["reduce-overhead", None]  # the model in the chosen mode, the augmentation in the default
+    task, model = build(compile=False, compile_mode="reduce-overhead")
+    assert model._compiled_call_impl is None and task.augment._compiled_call_impl is None
+    assert len(modes) == 2
