@@ -459,7 +459,7 @@ def _run_plan(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float | N
         return None
     try:
         plan = _PLANS.get(_signature(q, k, v, is_causal))
-    except AttributeError:  # not tensors: the slow path raises the clear error
+    except (AttributeError, TypeError):  # not tensors: the slow path raises the clear error
         return None
     return None if plan is None else plan(q, k, v, scale)
 
