@@ -65,7 +65,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
         model,
         OmegaConf.to_container(cfg.optim),
         compile=cfg.compile,
-        compile_mode=cfg.get("compile_mode"),
+        compile_mode=cfg.compile_mode,
     )
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer)

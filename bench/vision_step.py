@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Training-step time of the CIFAR-10 ViT variants, ``torch.compile`` default mode vs CUDA graphs.
 
-One training step as ``experiment=vision_cifar10`` runs it, without Lightning: GPU augmentation (pad-crop,
-flip, TrivialAugment), normalisation, bf16 autocast forward, label-smoothed cross-entropy, backward, global
-gradient-norm clip, fused AdamW. Random uint8 images (speed only). Each variant is compiled in this process
-and timed after warm-up; ``*_ro`` variants use ``mode="reduce-overhead"`` (CUDA graphs) for the model and a
-compiled augmentation, the others the default mode with the augmentation eager (as before this option).
+One training step of ``experiment=vision_cifar10`` without Lightning: the model, augmentation, label
+smoothing and optimiser settings are read from that recipe, the batch goes through ``VisionTask``'s own
+``on_device_batch`` (GPU augmentation, normalisation) and ``training_loss``, then backward, the recipe's
+gradient-norm clip and fused AdamW. Random uint8 images (speed only). Each variant (model overrides on top of
+the recipe) is compiled in this process and timed after warm-up; ``*_ro`` variants use
+``mode="reduce-overhead"`` (CUDA graphs) for the model and a compiled augmentation (``compile_mode`` in the
+config), the others the default mode with the augmentation eager.
 
     python bench/vision_step.py                                   # every variant
     python bench/vision_step.py --variants current,current_ro     # the recipe's model, both modes
@@ -24,33 +26,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from tasks.lit import param_groups  # noqa: E402
-from tasks.vision.augment import BatchAugment  # noqa: E402
 from tasks.vision.model import ViT  # noqa: E402
+from tasks.vision.task import VisionTask  # noqa: E402
 
-#: the model of conf/experiment/vision_cifar10.yaml
-BASE = dict(
-    image_size=32,
-    in_chans=3,
-    num_classes=10,
-    patch_size=4,
-    stem_channels=[64, 128],
-    stem_depth=2,
-    embed_dim=256,
-    depth=7,
-    num_heads=4,
-    mlp_ratio=2.0,
-    pool="avg",
-    drop_path=0.1,
-    qk_norm=True,
-)
 TOK256 = {"patch_size": 2, "stem_channels": [64], "stem_depth": 2}  # 16x16 tokens (CCT-like)
 RO = "reduce-overhead"
-#: name: (model overrides, batch size, channels_last, compile mode)
+#: name: (model overrides of the recipe, batch size, channels_last, compile mode)
 VARIANTS = {
     "current": ({}, 512, False, None),
     "current_cl": ({}, 512, True, None),
@@ -66,32 +52,51 @@ VARIANTS = {
 }
 
 
-def measure(name: str, steps: int, profile: bool) -> dict:
+def recipe(experiment: str) -> dict:
+    """The composed ``task`` and ``optim`` sections of ``conf/experiment/<experiment>.yaml``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"])
+    return {
+        "task": OmegaConf.to_container(cfg.task, resolve=False),  # (data paths are not needed here)
+        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+    }
+
+
+def measure(name: str, cfg: dict, steps: int, profile: bool) -> dict:
     over, batch, channels_last, mode = VARIANTS[name]
     torch.manual_seed(0)
-    model = ViT(**(BASE | over)).cuda()
+    task = VisionTask(
+        model=cfg["task"]["model"] | over,
+        augment=cfg["task"]["augment"],
+        label_smoothing=cfg["task"]["label_smoothing"],
+    )
+    task.num_classes = 10
+    task.mean = torch.tensor([0.49, 0.48, 0.45], device="cuda").view(1, 3, 1, 1)  # CIFAR-10's, rounded
+    task.std = torch.full_like(task.mean, 0.25)
+    model = ViT(image_size=32, in_chans=3, num_classes=10, **task.model_cfg).cuda()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
     stem = sum(p.numel() for p in model.patch_embed.parameters())
     model.compile(mode=mode)
-    augment = BatchAugment(crop="translate", pad=4, flip=True, trivial_augment=True, magnitude=0.5)
     if mode:
-        augment.compile()
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3, fused=True)
+        task.compile_batch_work()
+    optim = cfg["optim"]
+    opt = torch.optim.AdamW(param_groups(model, optim["weight_decay"]), lr=optim["lr"], fused=True)
     images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device="cuda")
     labels = torch.randint(0, 10, (batch,), device="cuda")
-    mean = torch.tensor([0.49, 0.48, 0.45], device="cuda").view(1, 3, 1, 1)
-    std = torch.full_like(mean, 0.25)
 
     def step() -> torch.Tensor:
-        x = (augment(images.float().div_(255)) - mean) / std
+        x, y = task.on_device_batch((images, labels), training=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", torch.bfloat16):
-            loss = F.cross_entropy(model(x).float(), labels, label_smoothing=0.1)
+            loss = task.training_loss(model, (x, y))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
@@ -111,7 +116,7 @@ def measure(name: str, steps: int, profile: bool) -> dict:
     dt = (time.perf_counter() - t0) / steps
     t0 = time.perf_counter()
     for _ in range(steps):
-        augment(images.float().div_(255))
+        task.augment(images.float().div_(255))
     torch.cuda.synchronize()
     aug = (time.perf_counter() - t0) / steps
     if profile:
@@ -142,6 +147,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per variant")
     parser.add_argument("--profile", action="store_true", help="profile 10 steps of the first variant")
+    parser.add_argument("--experiment", default="vision_cifar10", help="the recipe in conf/experiment/")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/vision_step.py needs a CUDA GPU")
@@ -152,8 +158,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    cfg = recipe(args.experiment)
     for i, name in enumerate(names):
-        result = measure(name, args.steps, args.profile and i == 0)
+        result = measure(name, cfg, args.steps, args.profile and i == 0)
         print(name, json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)
         torch.cuda.empty_cache()
 
