@@ -18,7 +18,10 @@ Two tables:
   timm ``Attention``.  Ratio = their time / our time (targets fwd+bwd: >= 1.5x nn default, >= 1.0x timm).
 FLOPs: attention ``4*B*H*N^2*D`` forward (halved when causal), backward 2.5x forward; modules add
 ``8*B*N*E^2`` forward for the projections (backward 2x).  Timing: CUDA events around back-to-back calls,
-median per call.  ``--device cpu --shapes tiny`` is a smoke run of the script itself (numbers meaningless).
+median per call (``ms``: wall time with the host running ahead, so Python and launch overhead count where the
+kernels are shorter than it, as at ViT sizes).  ``GPU ms``: kernel time per call from torch.profiler, what
+the call costs once host time is hidden (CUDA graphs, ``torch.compile``, a queue kept full by bigger work).
+``--device cpu --shapes tiny`` is a smoke run of the script itself (numbers meaningless).
 """
 
 from __future__ import annotations
@@ -91,6 +94,23 @@ def time_ms(fn: Callable[[], object], min_time_s: float = 0.3, max_samples: int 
     return statistics.median(times)
 
 
+def gpu_ms(fn: Callable[[], object], iters: int = 20) -> float | None:
+    """Milliseconds of GPU kernel time per call of ``fn`` (torch.profiler, CUDA activity only): what the
+    call costs the GPU once host time is off the critical path (CUDA graphs, ``torch.compile``, a busy
+    stream).  ``None`` on CPU."""
+    if DEVICE != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / iters / 1e3
+
+
 def _sync() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
@@ -149,8 +169,8 @@ def kernel_rows(shape: tuple, backward: bool) -> list[dict]:
     timed = time_rows(fns, grad if backward else None)
     rows, outputs = [], {}
     for name, fn in fns.items():
-        ms, backend = timed[name]
-        row = {"name": name, "ms": ms, "err": None}
+        ms, backend, gpu = timed[name]
+        row = {"name": name, "ms": ms, "gpu_ms": gpu, "err": None}
         if name == "ours (auto)":
             row["backend"] = backend
         if isinstance(ms, float) and name in ("ours (auto)", "sdpa-flash"):
@@ -164,8 +184,10 @@ def kernel_rows(shape: tuple, backward: bool) -> list[dict]:
     for row in rows:
         row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12 if isinstance(row["ms"], float) else None
     best = max((r["tflops"] for r in rows if r["name"].startswith("sdpa") and r["tflops"]), default=None)
+    best_gpu = min((r["gpu_ms"] for r in rows if r["name"].startswith("sdpa") and r["gpu_ms"]), default=None)
     for row in rows:
         row["ratio"] = row["tflops"] / best if best and row["tflops"] else None
+        row["gpu_ratio"] = best_gpu / row["gpu_ms"] if best_gpu and row["gpu_ms"] else None
     return rows
 
 
@@ -173,10 +195,11 @@ ROUNDS = 2
 
 
 def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | None) -> dict:
-    """``{name: (ms or "OOM"/"n/a: ...", mha.last_backend() after the row)}``.
+    """``{name: (ms or "OOM"/"n/a: ...", mha.last_backend() after the row, GPU kernel ms or None)}``.
 
     Every row is timed ``ROUNDS`` times, the rounds in alternating order (forward, then reversed), and keeps
-    its best median: no row profits from running first or last (clocks, allocator state).
+    its best median: no row profits from running first or last (clocks, allocator state).  A row that ran
+    is then profiled once for its GPU kernel time (``gpu_ms``).
     """
     names = list(fns)
     best: dict[str, tuple] = {}
@@ -192,6 +215,14 @@ def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | N
             if name not in best or (isinstance(ms, float) and ms < best[name][0]):
                 best[name] = (ms, backend)
             _free()
+    for name, fn in fns.items():
+        gpu = None
+        if isinstance(best[name][0], float):
+            step = (lambda fn=fn: fn().backward(grad)) if grad is not None else fn
+            with torch.enable_grad() if grad is not None else torch.no_grad():
+                gpu = run_guarded(lambda step=step: gpu_ms(step))
+            _free()
+        best[name] = (*best[name], gpu if isinstance(gpu, float) else None)
     return best
 
 
@@ -230,8 +261,8 @@ def module_rows(shape: tuple, backward: bool) -> list[dict]:
     timed = time_rows(fns, grad if backward else None)
     rows = []
     for name in fns:
-        ms, backend = timed[name]
-        row = {"name": name, "ms": ms, "err": None}
+        ms, backend, gpu = timed[name]
+        row = {"name": name, "ms": ms, "gpu_ms": gpu, "err": None}
         if name.startswith("ours"):
             row["backend"] = backend
         rows.append(row)
@@ -243,11 +274,12 @@ def module_rows(shape: tuple, backward: bool) -> list[dict]:
             )
         rows[0]["err"] = diff.abs().max().item()
     flops = attn_flops(b, h, n, d, causal, backward) + 8 * b * n * e * e * (3 if backward else 1)
-    ours_ms = rows[0]["ms"]
+    ours_ms, ours_gpu = rows[0]["ms"], rows[0]["gpu_ms"]
     for row in rows:
         ok = isinstance(row["ms"], float)
         row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12 if ok else None
         row["ratio"] = row["ms"] / ours_ms if ok and isinstance(ours_ms, float) else None  # speed-up of ours
+        row["gpu_ratio"] = row["gpu_ms"] / ours_gpu if row["gpu_ms"] and ours_gpu else None
     return rows
 
 
@@ -258,7 +290,10 @@ def fmt(value, spec: str) -> str:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| shape (B,H,N,D) | causal | pass | row | ms | TFLOP/s | ratio | note |", "|" + "---|" * 8]
+    lines = [
+        "| shape (B,H,N,D) | causal | pass | row | ms | TFLOP/s | ratio | GPU ms | GPU ratio | note |",
+        "|" + "---|" * 10,
+    ]
     for res in results:
         for row in res["rows"]:
             note = row.get("backend") or ""
@@ -269,7 +304,8 @@ def markdown(results: list[dict]) -> str:
                 ref = "flash" if res["level"] == "kernel" else "nn need_weights=False"
                 note += f" max err vs {ref} {row['err']:.1e}"
             cells = [tuple(res["shape"][:4]), res["shape"][4], res["pass"], row["name"], fmt(ms, ".3f")]
-            cells += [fmt(row["tflops"], ".1f"), fmt(row["ratio"], ".2f"), note.strip()]
+            cells += [fmt(row["tflops"], ".1f"), fmt(row["ratio"], ".2f")]
+            cells += [fmt(row.get("gpu_ms"), ".3f"), fmt(row.get("gpu_ratio"), ".2f"), note.strip()]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -383,8 +419,9 @@ def render(results: list[dict]) -> str:
             runs.append(line)
     text = "### Attention core (`bench/attention.py`)\n\n" + "\n".join(f"- {line}" for line in runs)
     titles = {
-        "kernel": "Kernel level (ratio = TFLOP/s / best SDPA row)",
-        "module": "Module level, projections included (ratio = their ms / our ms: speed-up of ours)",
+        "kernel": "Kernel level (ratio = TFLOP/s / best SDPA row; GPU ratio = the same on GPU kernel time)",
+        "module": "Module level, projections included (ratio = their ms / our ms: speed-up of ours; GPU "
+        "ratio = the same on GPU kernel time)",
     }
     for level, title in titles.items():
         sub = [r for r in results if r["level"] == level]
