@@ -38,11 +38,11 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     import lightning as L
     import torch
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from tasks.common import AtomicCheckpointIO, format_table, plot_metrics, write_results
-    from tasks.lit import TaskModule
+    from tasks.lit import LossProgressBar, TaskModule
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # log once, through Hydra's console + train.log
         logging.getLogger(name).handlers.clear()
@@ -86,7 +86,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
             checkpoint,
             LearningRateMonitor(logging_interval="step"),
             *(
-                [TQDMProgressBar(refresh_rate=cfg.progress_every)]
+                [LossProgressBar(refresh_rate=cfg.progress_every)]  # tqdm + train/loss
                 if trainer_cfg.get("enable_progress_bar")
                 else []
             ),
