@@ -94,10 +94,10 @@ def time_ms(fn: Callable[[], object], min_time_s: float = 0.3, max_samples: int 
     return statistics.median(times)
 
 
-def gpu_ms(fn: Callable[[], object], iters: int = 20) -> float | None:
-    """Milliseconds of GPU kernel time per call of ``fn`` (torch.profiler, CUDA activity only): what the
-    call costs the GPU once host time is off the critical path (CUDA graphs, ``torch.compile``, a busy
-    stream).  ``None`` on CPU."""
+def gpu_ms(fn: Callable[[], object], iters: int = 10) -> tuple[float, frozenset[str]] | None:
+    """GPU kernel time per call of ``fn`` in ms (torch.profiler, CUDA activity only), and the names of the
+    kernels it launched: what the call costs the GPU once host time is off the critical path (CUDA graphs,
+    ``torch.compile``, a queue kept full by bigger work).  ``None`` on CPU."""
     if DEVICE != "cuda":
         return None
     from torch.profiler import ProfilerActivity, profile
@@ -108,7 +108,8 @@ def gpu_ms(fn: Callable[[], object], iters: int = 20) -> float | None:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    return sum(e.self_device_time_total for e in prof.key_averages()) / iters / 1e3
+    events = prof.key_averages()
+    return sum(e.self_device_time_total for e in events) / iters / 1e3, frozenset(e.key for e in events)
 
 
 def _sync() -> None:
@@ -167,9 +168,9 @@ def kernel_rows(shape: tuple, backward: bool) -> list[dict]:
     fns["formula softmax(QK^T/sqrt(d))V"] = lambda: formula(q, k, v, causal)
 
     timed = time_rows(fns, grad if backward else None)
-    rows, outputs = [], {}
+    rows, outputs, kernels = [], {}, {}
     for name, fn in fns.items():
-        ms, backend, gpu = timed[name]
+        ms, backend, gpu, kernels[name] = timed[name]
         row = {"name": name, "ms": ms, "gpu_ms": gpu, "err": None}
         if name == "ours (auto)":
             row["backend"] = backend
@@ -188,6 +189,9 @@ def kernel_rows(shape: tuple, backward: bool) -> list[dict]:
     for row in rows:
         row["ratio"] = row["tflops"] / best if best and row["tflops"] else None
         row["gpu_ratio"] = best_gpu / row["gpu_ms"] if best_gpu and row["gpu_ms"] else None
+    # which SDPA rows launched exactly our kernels (a noise-free check of the choice itself)
+    same = [r["name"] for r in rows[1:] if r["name"].startswith("sdpa") and kernels[r["name"]]]
+    rows[0]["same_kernels"] = [n for n in same if kernels[n] == kernels["ours (auto)"]]
     return rows
 
 
@@ -195,14 +199,14 @@ ROUNDS = 2
 
 
 def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | None) -> dict:
-    """``{name: (ms or "OOM"/"n/a: ...", mha.last_backend() after the row, GPU kernel ms or None)}``.
+    """``{name: (ms or "OOM"/"n/a: ...", mha.last_backend() after the row, GPU ms or None, kernel names)}``.
 
     Every row is timed ``ROUNDS`` times, the rounds in alternating order (forward, then reversed), and keeps
-    its best median: no row profits from running first or last (clocks, allocator state).  A row that ran
-    is then profiled once for its GPU kernel time (``gpu_ms``).
+    its best median wall time and its best GPU kernel time (``gpu_ms``, profiled right after each timing):
+    no row profits from running first or last (clocks, allocator state).
     """
     names = list(fns)
-    best: dict[str, tuple] = {}
+    best: dict[str, list] = {}
     for r in range(ROUNDS):
         for name in names if r % 2 == 0 else reversed(names):
             if name in best and isinstance(best[name][0], str):  # OOM / unsupported: no second try
@@ -211,19 +215,15 @@ def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | N
             step = (lambda fn=fn: fn().backward(grad)) if grad is not None else fn
             with torch.enable_grad() if grad is not None else torch.no_grad():
                 ms = run_guarded(lambda step=step: time_ms(step))
+                gpu = run_guarded(lambda step=step: gpu_ms(step)) if isinstance(ms, float) else None
             backend = mha.last_backend() if name.startswith("ours") else None
-            if name not in best or (isinstance(ms, float) and ms < best[name][0]):
-                best[name] = (ms, backend)
+            entry = best.setdefault(name, [ms, backend, None, frozenset()])
+            if isinstance(ms, float) and (isinstance(entry[0], str) or ms < entry[0]):
+                entry[0], entry[1] = ms, backend
+            if isinstance(gpu, tuple) and (entry[2] is None or gpu[0] < entry[2]):
+                entry[2], entry[3] = gpu
             _free()
-    for name, fn in fns.items():
-        gpu = None
-        if isinstance(best[name][0], float):
-            step = (lambda fn=fn: fn().backward(grad)) if grad is not None else fn
-            with torch.enable_grad() if grad is not None else torch.no_grad():
-                gpu = run_guarded(lambda step=step: gpu_ms(step))
-            _free()
-        best[name] = (*best[name], gpu if isinstance(gpu, float) else None)
-    return best
+    return {name: tuple(entry) for name, entry in best.items()}
 
 
 def _sdpa_forced(q, k, v, causal, backend):
@@ -261,7 +261,7 @@ def module_rows(shape: tuple, backward: bool) -> list[dict]:
     timed = time_rows(fns, grad if backward else None)
     rows = []
     for name in fns:
-        ms, backend, gpu = timed[name]
+        ms, backend, gpu, _ = timed[name]
         row = {"name": name, "ms": ms, "gpu_ms": gpu, "err": None}
         if name.startswith("ours"):
             row["backend"] = backend
@@ -297,6 +297,8 @@ def markdown(results: list[dict]) -> str:
     for res in results:
         for row in res["rows"]:
             note = row.get("backend") or ""
+            if row.get("same_kernels"):
+                note += " (same kernels as " + ", ".join(row["same_kernels"]) + ")"
             ms = row["ms"]
             if isinstance(ms, str) and ms.startswith("n/a: "):
                 note, ms = note + ms[5:], "n/a"
