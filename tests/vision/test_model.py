@@ -171,3 +171,29 @@ def test_compile_covers_model_and_augmentation_with_the_chosen_mode(monkeypatch)
     task, model = build(compile=False, compile_mode="reduce-overhead")
     assert model._compiled_call_impl is None and task.augment._compiled_call_impl is None
     assert len(modes) == 2
+
+
+def test_attention_map_artifact_does_not_recompile_a_compiled_model(tmp_path):
+    """save_artifacts runs its few images through the eager forward: through a compiled model they would be
+    a new batch size, i.e. a recompile (over a minute, with CUDA graphs, at the end of an H100 run)."""
+    task = VisionTask(
+        data={"batch_size": 16, "eval_batch_size": 50, "train_limit": 64},
+        model={"patch_size": 7, "stem_channels": [], "embed_dim": 32, "depth": 1, "num_heads": 2},
+        num_attention_images=3,
+    )
+    dm = task.build_datamodule()
+    model = task.build_model(dm).eval()
+    compiles = []
+
+    def counting_backend(graph_module, example_inputs):
+        compiles.append(len(example_inputs))
+        return graph_module.forward
+
+    model.compile(backend=counting_backend)
+    x, _ = task.on_device_batch(next(iter(dm.val_dataloader())), training=False)
+    with torch.no_grad():
+        model(x)  # the compiled call a test/val loop makes
+    assert len(compiles) == 1
+    task.save_artifacts(model, dm, tmp_path)
+    assert (tmp_path / "plots" / "attention_maps.png").stat().st_size > 1000
+    assert len(compiles) == 1  # no second compilation for the artifact's batch of 3
