@@ -1,7 +1,14 @@
 """Helpers shared by every task and by ``train.py``: checkpoint IO, schedules, results tables, plots."""
 
 from tasks.common.checkpoint import AtomicCheckpointIO
-from tasks.common.report import format_table, plot_metrics, write_results
+from tasks.common.report import format_table, plot_metrics, save_artifacts, write_results
 from tasks.common.schedule import warmup_cosine
 
-__all__ = ["AtomicCheckpointIO", "format_table", "plot_metrics", "warmup_cosine", "write_results"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "format_table",
+    "plot_metrics",
+    "save_artifacts",
+    "warmup_cosine",
+    "write_results",
+]

@@ -1,10 +1,28 @@
-"""The end-of-run report: a results table (model vs baselines), results.csv and PNG curves."""
+"""The end-of-run report: a results table (model vs baselines), results.csv, PNG curves and the task's
+artifacts."""
 
 from __future__ import annotations
 
 import csv
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    import lightning as L
+    from torch import nn
+
+    from tasks.base import Task
+
+
+def save_artifacts(task: Task, model: nn.Module, datamodule: L.LightningDataModule, run_dir: Path) -> None:
+    """``task.save_artifacts`` with ``torch.compile`` switched off: the artifacts' few, odd-sized batches
+    through a compiled model would each be a recompile (with CUDA graphs also a new recording), which held
+    the end of an H100 CIFAR-10 run for over a minute."""
+    with torch.compiler.set_stance("force_eager"):
+        task.save_artifacts(model, datamodule, run_dir)
 
 
 def _metric_names(rows: dict[str, dict[str, float]]) -> list[str]:

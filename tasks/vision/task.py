@@ -135,9 +135,7 @@ class VisionTask(Task):
         images = test.images[:n]
         x, _ = self.on_device_batch((images.to(device), test.labels[:n].to(device)), training=False)
         maps = model.attention_maps(x).float().cpu()  # (n, grid, grid)
-        # the eager forward: through a compiled model's __call__ these few images would be a new batch size,
-        # a recompile (and with CUDA graphs a new recording) - over a minute on an H100 for eight images
-        preds = model.forward(x).argmax(-1).cpu()
+        preds = model(x).argmax(-1).cpu()
         model.train(was_training)
         fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
         for i in range(n):

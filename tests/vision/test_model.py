@@ -174,8 +174,11 @@ def test_compile_covers_model_and_augmentation_with_the_chosen_mode(monkeypatch)
 
 
 def test_attention_map_artifact_does_not_recompile_a_compiled_model(tmp_path):
-    """save_artifacts runs its few images through the eager forward: through a compiled model they would be
-    a new batch size, i.e. a recompile (over a minute, with CUDA graphs, at the end of an H100 run)."""
+    """train.py writes artifacts through ``tasks.common.save_artifacts``, with torch.compile off: through a
+    compiled model their few images would be a new batch size, i.e. a recompile (over a minute, with CUDA
+    graphs, at the end of an H100 run)."""
+    from tasks.common import save_artifacts
+
     task = VisionTask(
         data={"batch_size": 16, "eval_batch_size": 50, "train_limit": 64},
         model={"patch_size": 7, "stem_channels": [], "embed_dim": 32, "depth": 1, "num_heads": 2},
@@ -194,6 +197,6 @@ def test_attention_map_artifact_does_not_recompile_a_compiled_model(tmp_path):
     with torch.no_grad():
         model(x)  # the compiled call a test/val loop makes
     assert len(compiles) == 1
-    task.save_artifacts(model, dm, tmp_path)
+    save_artifacts(task, model, dm, tmp_path)
     assert (tmp_path / "plots" / "attention_maps.png").stat().st_size > 1000
     assert len(compiles) == 1  # no second compilation for the artifact's batch of 3
