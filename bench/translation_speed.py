@@ -40,6 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import seconds_per_call  # noqa: E402
 from mha import sinusoidal_table  # noqa: E402
 from tasks.translation.data import EOS_ID, PAD_ID  # noqa: E402
 from tasks.translation.model import Seq2SeqTransformer  # noqa: E402
@@ -120,15 +121,8 @@ def train_tokens_per_s(model: nn.Module, args, device: torch.device, compile_mod
         opt.step()
 
     model.train()
-    for _ in range(args.warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    return args.steps * args.batch * (args.src_len + args.tgt_len) / elapsed
+    seconds_per_call(step, args.warmup, device.type)
+    return args.batch * (args.src_len + args.tgt_len) / seconds_per_call(step, args.steps, device.type)
 
 
 @torch.no_grad()

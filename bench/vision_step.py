@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.timing import seconds_per_call  # noqa: E402
 from tasks.lit import param_groups  # noqa: E402
 from tasks.vision.model import ViT  # noqa: E402
 from tasks.vision.task import VisionTask  # noqa: E402
@@ -101,24 +101,10 @@ def measure(name: str, cfg: dict, steps: int, profile: bool) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss
 
-    t0 = time.perf_counter()
-    for _ in range(3):  # compile (and, with CUDA graphs, record)
-        step()
-    torch.cuda.synchronize()
-    compile_s = time.perf_counter() - t0
-    for _ in range(5):
-        step()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / steps
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        task.augment(images.float().div_(255))
-    torch.cuda.synchronize()
-    aug = (time.perf_counter() - t0) / steps
+    compile_s = 3 * seconds_per_call(step, 3)  # compile (and, with CUDA graphs, record)
+    seconds_per_call(step, 5)  # warm-up
+    dt = seconds_per_call(step, steps)
+    aug = seconds_per_call(lambda: task.augment(images.float().div_(255)), steps)
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as run_profile

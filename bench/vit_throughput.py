@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.timing import seconds_per_call  # noqa: E402
 
 
 def build(name: str) -> torch.nn.Module:
@@ -58,14 +58,8 @@ def measure(model: torch.nn.Module, batch_size: int, steps: int, warmup: int, co
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return batch_size * steps / (time.perf_counter() - start)
+    seconds_per_call(step, warmup)
+    return batch_size / seconds_per_call(step, steps)
 
 
 def main() -> None:
