@@ -238,6 +238,9 @@ def test_backend_rules_table():
     assert (
         select_backend(AttentionCall(**{**vit, "q_len": 64, "k_len": 64}, batch_heads=2048))[0] == "efficient"
     )
+    tiny = {**vit, "q_len": 64, "k_len": 64}  # the CIFAR ViT's 8x8 tokens, small batch*heads
+    assert select_backend(AttentionCall(**tiny, batch_heads=64 * 4))[0] == "efficient"  # inference
+    assert select_backend(AttentionCall(**tiny, batch_heads=64 * 4, requires_grad=True)) == ("sdpa",)
     assert select_backend(AttentionCall(**{**base, "flex": True})) == ("flex",)
     assert select_backend(AttentionCall(**{**base, "flex": True, "dropout": True})) == ("eager",)
     assert select_backend(AttentionCall(**{**base, "return_weights": True})) == ("eager",)
