@@ -75,7 +75,11 @@ class Task(ABC):
 
     @abstractmethod
     def build_datamodule(self) -> L.LightningDataModule:
-        """The data module with train / val / test loaders (validates paths and raises early)."""
+        """The data module with train / val / test loaders (validates paths and raises early).
+
+        Under DDP the loaders shard themselves (``tasks.common.distributed``: ``train_sampler``,
+        ``eval_sampler``, ``shard_batches``); the trainers set ``use_distributed_sampler: false``.
+        """
 
     @abstractmethod
     def build_model(self, datamodule: L.LightningDataModule) -> nn.Module:

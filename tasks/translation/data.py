@@ -34,6 +34,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tasks.common.distributed import shard_batches, train_sampler
+
 #: special tokens, in id order: every tokenizer of this task has them at ids 0..3.
 SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -615,18 +617,22 @@ class TokenBatchSampler(Sampler[list[int]]):
             rng.shuffle(batches)
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _epoch_batches(self) -> list[list[int]]:
+        """This epoch's batches; under DDP this process's equal share of them (same seed on every process)."""
         if self._batches is not None:
-            yield from self._batches
-            return
-        batches = self._make(random.Random(self.seed * 100_003 + self.epoch))
-        self.epoch += 1
+            batches = self._batches
+        else:
+            batches = self._make(random.Random(self.seed * 100_003 + self.epoch))
+        return shard_batches(batches, even=True)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._epoch_batches()
+        if self._batches is None:
+            self.epoch += 1
         yield from batches
 
     def __len__(self) -> int:
-        if self._batches is not None:
-            return len(self._batches)
-        return len(self._make(random.Random(self.seed * 100_003 + self.epoch)))
+        return len(self._epoch_batches())
 
 
 class TranslationDataModule(L.LightningDataModule):
@@ -808,11 +814,13 @@ class TranslationDataModule(L.LightningDataModule):
                 persistent_workers=self.num_workers > 0,
             )
         gen = torch.Generator().manual_seed(self.seed)
+        sampler = train_sampler(ds, self.seed)  # DDP: this process's shard (None: one process)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=len(ds) > self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            drop_last=len(sampler if sampler is not None else ds) > self.batch_size,
             collate_fn=collate,
             num_workers=self.num_workers,
             generator=gen,
@@ -824,6 +832,7 @@ class TranslationDataModule(L.LightningDataModule):
         ds = self.datasets[split]
         # sorted by length so that padding (and beam-search work) stays small; the order is fixed
         order = sorted(range(len(ds)), key=ds.num_tokens)
+        order = shard_batches(order, even=False)  # DDP: every sentence once across the processes, in order
         batches = [order[i : i + self.eval_batch_size] for i in range(0, len(order), self.eval_batch_size)]
         return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tasks.common.distributed import eval_sampler, train_sampler
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -366,12 +368,16 @@ class VisionDataModule(L.LightningDataModule):
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        """One loader; under DDP each process gets its shard (``tasks.common.distributed``)."""
         self.setup()
+        dataset = TensorImages(self.splits[split])
+        sampler = train_sampler(dataset, self.seed) if train else eval_sampler(dataset)
         return DataLoader(
-            TensorImages(self.splits[split]),
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train and len(self.splits[split]) >= self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and len(sampler if sampler is not None else dataset) >= self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             collate_fn=_keep_batch,
