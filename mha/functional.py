@@ -127,33 +127,23 @@ BACKEND_RULES: list[BackendRule] = [
         ("flash", "efficient", "math"),
     ),
     BackendRule(
-        "CUDA fp16/bf16, no grad, no mask, <= 128 keys: memory-efficient's forward kernel is the fastest and "
-        "its dispatch the cheapest (H100 GPU time, (64,4,64,64): 0.0058 ms vs cuDNN 0.0075, (16,4,64,64): "
-        "0.0049 vs 0.0050; with grads cuDNN leads at these sizes, 0.032 vs 0.037 ms fwd+bwd)",
-        lambda c: (
-            c.dtype in _HALF
-            and c.k_len <= 128
-            and c.head_dim <= 128
-            and not c.has_mask
-            and not c.requires_grad
-        ),
-        ("efficient", "cudnn", "flash", "math"),
-    ),
-    BackendRule(
-        "CUDA fp16/bf16, no mask, <= 256 keys, batch*heads <= 512: host time dominates and PyTorch's own "
-        "SDPA choice has the least (H100, (16,12,197,64): 0.021 ms fwd vs 0.028-0.037 for any kernel forced)",
+        "CUDA fp16/bf16, no mask, <= 256 keys, batch*heads <= 512 (inference with <= 128 keys excepted: the "
+        "next rule): host time dominates and PyTorch's own SDPA choice has the least (H100, (16,12,197,64): "
+        "0.021 ms fwd vs 0.028-0.037 for any kernel forced)",
         lambda c: (
             c.dtype in _HALF
             and c.k_len <= 256
             and c.head_dim <= 128
             and not c.has_mask
             and 0 < c.batch_heads <= 512
+            and (c.requires_grad or c.k_len > 128)
         ),
         ("sdpa",),
     ),
     BackendRule(
         "CUDA fp16/bf16, <= 128 keys: memory-efficient led at 64 tokens (H100, (512,4,64,64): fwd 0.031 ms "
-        "vs cuDNN 0.038, fwd+bwd level with cuDNN)",
+        "vs cuDNN 0.038, fwd+bwd level with cuDNN; at small batch*heads its forward too, (64,4,64,64): "
+        "0.0058 vs 0.0075 ms GPU and a cheaper dispatch; cuDNN leads fwd+bwd there, 0.032 vs 0.037)",
         lambda c: c.dtype in _HALF and c.k_len <= 128 and c.head_dim <= 128,
         ("efficient", "cudnn", "flash", "math"),
     ),

@@ -36,6 +36,23 @@ TINY_VISION = [
 ]
 
 
+#: a tiny translation run on the embedded number phrases (a few seconds of CPU), for end-to-end tests
+TINY_TRANSLATION = [
+    "task=translation",
+    "task.data.numbers.max_digits=3",
+    "task.data.vocab_size=300",
+    "task.model.embed_dim=32",
+    "task.model.num_heads=2",
+    "task.model.encoder_layers=1",
+    "task.model.decoder_layers=1",
+    "task.model.ffn_dim=64",
+    "task.decode.beam_size=2",
+    "task.num_attention_plots=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
 def run_train(args: list[str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python train.py *args`` in a subprocess (1 torch thread: the CI box has 2 shared cores)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore")

@@ -12,7 +12,7 @@ import tasks.common.distributed as distributed
 from tasks.common.distributed import EvalShardSampler, shard_batches
 from tasks.translation.data import TokenBatchSampler, TranslationDataModule
 from tasks.vision.data import VisionDataModule
-from tests.conftest import TINY_VISION, run_train
+from tests.conftest import TINY_TRANSLATION, TINY_VISION, run_train
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -99,22 +99,11 @@ def test_ddp_translation_end_to_end_on_cpu(tmp_path):
     """Its length-bucketed batch sampler made Lightning's sampler injection raise a TypeError under DDP."""
     run_dir = tmp_path / "ddp"
     args = [
-        "task=translation",
-        "task.data.numbers.max_digits=3",
+        *TINY_TRANSLATION,
         "task.data.numbers.train_size=256",
         "task.data.numbers.val_size=6",
         "task.data.numbers.test_size=6",
-        "task.data.vocab_size=300",
-        "task.model.embed_dim=32",
-        "task.model.num_heads=2",
-        "task.model.encoder_layers=1",
-        "task.model.decoder_layers=1",
-        "task.model.ffn_dim=64",
-        "task.decode.beam_size=2",
-        "task.num_attention_plots=1",
         "trainer.max_steps=4",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
         f"hydra.run.dir={run_dir}",
     ]
     proc = run_train([*args, *DDP_CPU], timeout=240)

@@ -14,7 +14,7 @@ from tasks.translation import metrics as tm
 from tasks.translation.data import PAD_ID, TranslationDataModule
 from tasks.translation.task import MODEL_FILE, TranslationTask
 from tasks.translation.translate import Translator, main
-from tests.conftest import run_train
+from tests.conftest import TINY_TRANSLATION, run_train
 
 
 def test_registered():
@@ -133,26 +133,15 @@ def test_train_py_end_to_end(tmp_path):
     writes samples / plots / tokenizer; then the inference command translates with the checkpoint."""
     run_dir = tmp_path / "run"
     args = [
-        "task=translation",
+        *TINY_TRANSLATION,
         f"hydra.run.dir={run_dir}",
-        "task.data.numbers.max_digits=3",
         "task.data.numbers.train_size=512",
         "task.data.numbers.val_size=8",
         "task.data.numbers.test_size=8",
         "task.data.numbers.val_fraction=0.1",
         "task.data.numbers.test_fraction=0.1",
-        "task.data.vocab_size=300",
         "task.data.batch_size=64",
-        "task.model.embed_dim=32",
-        "task.model.num_heads=2",
-        "task.model.encoder_layers=1",
-        "task.model.decoder_layers=1",
-        "task.model.ffn_dim=64",
-        "task.decode.beam_size=2",
-        "task.num_attention_plots=1",
         "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
     ]
     proc = run_train(args, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
