@@ -17,10 +17,14 @@ Two tables:
   ``nn.MultiheadAttention`` with default arguments (``need_weights=True``) and with ``need_weights=False``,
   timm ``Attention``.  Ratio = their time / our time (targets fwd+bwd: >= 1.5x nn default, >= 1.0x timm).
 FLOPs: attention ``4*B*H*N^2*D`` forward (halved when causal), backward 2.5x forward; modules add
-``8*B*N*E^2`` forward for the projections (backward 2x).  Timing: CUDA events around back-to-back calls,
-median per call (``ms``: wall time with the host running ahead, so Python and launch overhead count where the
-kernels are shorter than it, as at ViT sizes).  ``GPU ms``: kernel time per call from torch.profiler, what
+``8*B*N*E^2`` forward for the projections (backward 2x).  Timing: the rows of a table are timed interleaved
+(``--samples`` passes, one ~10 ms sample of every row per pass, order rotated), CUDA events around
+back-to-back calls; ``ms`` is the median sample: wall time with the host running ahead, so Python and launch
+overhead count where the kernels are shorter than it, as at ViT sizes.  ``host us``: the host's time to issue
+one call (CPU clock, not waiting for the GPU): a row whose ``host us`` exceeds its ``GPU ms`` is host-bound
+and its ``ms`` measures dispatch, not the kernel.  ``GPU ms``: kernel time per call from torch.profiler, what
 the call costs once host time is hidden (CUDA graphs, ``torch.compile``, a queue kept full by bigger work).
+"paired vs X": the ratio sample by sample within a pass (median and quartiles), so host drift cancels.
 ``--device cpu --shapes tiny`` is a smoke run of the script itself (numbers meaningless).
 """
 
@@ -59,39 +63,52 @@ SDPA = {"sdpa-cudnn": "cudnn", "sdpa-flash": "flash", "sdpa-efficient": "efficie
 DTYPE = torch.bfloat16
 
 
-def time_ms(fn: Callable[[], object], min_time_s: float = 0.3, max_samples: int = 30) -> float:
-    """Median milliseconds per call of ``fn`` after warm-up.
-
-    Each sample times ``reps`` back-to-back calls between two CUDA events (``reps`` sized to ~20 ms), as in a
-    training loop where the host runs ahead of the GPU: Python overhead is hidden where the kernel is longer,
-    and counts where it is not.
-    """
+def calibrate(fn: Callable[[], object], target_ms: float = 10.0) -> int:
+    """Warm ``fn`` up and return how many back-to-back calls make one ~``target_ms`` timing sample."""
     for _ in range(3):
         fn()
     _sync()
     t0 = time.perf_counter()
     fn()
     _sync()
-    reps = max(1, min(200, int(20e-3 / max(time.perf_counter() - t0, 1e-6))))
-    times: list[float] = []
-    total = 0.0
-    while len(times) < 5 or (total < min_time_s * 1e3 and len(times) < max_samples):
-        if DEVICE == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(reps):
-                fn()
-            end.record()
-            torch.cuda.synchronize()
-            elapsed = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            elapsed = (time.perf_counter() - t0) * 1e3
-        times.append(elapsed / reps)
-        total += elapsed
-    return statistics.median(times)
+    return max(1, min(200, int(target_ms * 1e-3 / max(time.perf_counter() - t0, 1e-6))))
+
+
+def sample_ms(fn: Callable[[], object], reps: int) -> float:
+    """Milliseconds per call over ``reps`` back-to-back calls between two CUDA events: wall time with the
+    host running ahead, as in a training loop (Python overhead is hidden where the kernels are longer, and
+    counts where they are not)."""
+    if DEVICE == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / reps
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / reps
+
+
+def time_ms(fn: Callable[[], object], samples: int = 15) -> float:
+    """Median of ``samples`` ~10 ms samples of ``fn`` alone (the tables interleave rows instead)."""
+    reps = calibrate(fn)
+    return statistics.median(sample_ms(fn, reps) for _ in range(samples))
+
+
+def host_us(fn: Callable[[], object], calls: int = 10) -> float:
+    """Host microseconds per call: ``calls`` calls issued onto an empty queue, timed on the CPU without
+    waiting for the GPU (10 calls hold far fewer launches than the queue takes, so nothing blocks).  A
+    host-bound row's ``ms`` is about this; a GPU-bound row's is its ``GPU ms``."""
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - t0
+    _sync()
+    return elapsed / calls * 1e6
 
 
 def gpu_ms(fn: Callable[[], object], iters: int = 10) -> tuple[float, frozenset[str]] | None:
@@ -168,13 +185,13 @@ def kernel_rows(shape: tuple, backward: bool) -> list[dict]:
     fns["formula softmax(QK^T/sqrt(d))V"] = lambda: formula(q, k, v, causal)
 
     timed = time_rows(fns, grad if backward else None)
-    rows, outputs, kernels = [], {}, {}
+    rows, outputs = [], {}
     for name, fn in fns.items():
-        ms, backend, gpu, kernels[name] = timed[name]
-        row = {"name": name, "ms": ms, "gpu_ms": gpu, "err": None}
+        t = timed[name]
+        row = {"name": name, "ms": t["ms"], "host_us": t.get("host_us"), "gpu_ms": t["gpu_ms"], "err": None}
         if name == "ours (auto)":
-            row["backend"] = backend
-        if isinstance(ms, float) and name in ("ours (auto)", "sdpa-flash"):
+            row["backend"] = t["backend"]
+        if isinstance(t["ms"], float) and name in ("ours (auto)", "sdpa-flash"):
             with torch.no_grad():
                 outputs[name] = fn().float()
         rows.append(row)
@@ -184,46 +201,87 @@ def kernel_rows(shape: tuple, backward: bool) -> list[dict]:
     flops = attn_flops(b, h, n, d, causal, backward)
     for row in rows:
         row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12 if isinstance(row["ms"], float) else None
-    best = max((r["tflops"] for r in rows if r["name"].startswith("sdpa") and r["tflops"]), default=None)
+    sdpa_rows = [r for r in rows if r["name"].startswith("sdpa") and r["tflops"]]
+    best = max(sdpa_rows, key=lambda r: r["tflops"], default=None)
     best_gpu = min((r["gpu_ms"] for r in rows if r["name"].startswith("sdpa") and r["gpu_ms"]), default=None)
     for row in rows:
-        row["ratio"] = row["tflops"] / best if best and row["tflops"] else None
+        row["ratio"] = row["tflops"] / best["tflops"] if best and row["tflops"] else None
         row["gpu_ratio"] = best_gpu / row["gpu_ms"] if best_gpu and row["gpu_ms"] else None
+    ours = timed["ours (auto)"]
+    if best is not None and isinstance(ours["ms"], float):  # sample by sample, same pass
+        rows[0]["paired"] = {
+            ref: paired_ratio(timed[ref]["samples"], ours["samples"])
+            for ref in dict.fromkeys([best["name"], "sdpa (default choice)"])
+            if isinstance(timed[ref]["ms"], float)
+        }
     # which SDPA rows launched exactly our kernels (a noise-free check of the choice itself)
-    same = [r["name"] for r in rows[1:] if r["name"].startswith("sdpa") and kernels[r["name"]]]
-    rows[0]["same_kernels"] = [n for n in same if kernels[n] == kernels["ours (auto)"]]
+    same = [r["name"] for r in rows[1:] if r["name"].startswith("sdpa") and timed[r["name"]]["kernels"]]
+    rows[0]["same_kernels"] = [n for n in same if timed[n]["kernels"] == ours["kernels"]]
     return rows
 
 
-ROUNDS = 2
+def paired_ratio(ref: list[float], ours: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles of ``ref / ours`` over the passes both rows ran (>1: ours faster)."""
+    ratios = sorted(r / o for r, o in zip(ref, ours, strict=False))
+    if len(ratios) < 4:
+        m = statistics.median(ratios)
+        return m, m, m
+    q1, q2, q3 = statistics.quantiles(ratios, n=4)
+    return q2, q1, q3
+
+
+SAMPLES = 24
 
 
 def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | None) -> dict:
-    """``{name: (ms or "OOM"/"n/a: ...", mha.last_backend() after the row, GPU ms or None, kernel names)}``.
+    """``{name: {"ms", "samples", "host_us", "gpu_ms", "kernels", "backend"}}``; ``ms`` is "OOM"/"n/a: ..."
+    for a row that cannot run.
 
-    Every row is timed ``ROUNDS`` times, the rounds in alternating order (forward, then reversed), and keeps
-    its best median wall time and its best GPU kernel time (``gpu_ms``, profiled right after each timing):
-    no row profits from running first or last (clocks, allocator state).
+    The rows are timed interleaved: ``SAMPLES`` passes, each taking one ~10 ms sample of every row (the
+    order rotated per pass), so drifts of clocks, host load and allocator state fall on all rows alike and
+    rows can be compared sample by sample.  ``ms`` is the median sample; ``host_us`` the median host time
+    per call (``host_us``, one measurement per pass); ``GPU ms`` the kernel time (torch.profiler) after the
+    passes.
     """
-    names = list(fns)
-    best: dict[str, list] = {}
-    for r in range(ROUNDS):
-        for name in names if r % 2 == 0 else reversed(names):
-            if name in best and isinstance(best[name][0], str):  # OOM / unsupported: no second try
-                continue
-            fn = fns[name]
-            step = (lambda fn=fn: fn().backward(grad)) if grad is not None else fn
-            with torch.enable_grad() if grad is not None else torch.no_grad():
-                ms = run_guarded(lambda step=step: time_ms(step))
-                gpu = run_guarded(lambda step=step: gpu_ms(step)) if isinstance(ms, float) else None
-            backend = mha.last_backend() if name.startswith("ours") else None
-            entry = best.setdefault(name, [ms, backend, None, frozenset()])
-            if isinstance(ms, float) and (isinstance(entry[0], str) or ms < entry[0]):
-                entry[0], entry[1] = ms, backend
-            if isinstance(gpu, tuple) and (entry[2] is None or gpu[0] < entry[2]):
-                entry[2], entry[3] = gpu
+    steps = {
+        name: (lambda fn=fn: fn().backward(grad)) if grad is not None else fn for name, fn in fns.items()
+    }
+    mode = torch.enable_grad if grad is not None else torch.no_grad
+    out: dict[str, dict] = {}
+    reps: dict[str, int] = {}
+    with mode():
+        for name, step in steps.items():
+            out[name] = {"ms": None, "samples": [], "host": [], "gpu_ms": None, "kernels": frozenset()}
+            got = run_guarded(lambda step=step: calibrate(step))
+            if isinstance(got, str):  # OOM / unsupported: no further tries
+                out[name]["ms"] = got
+            else:
+                reps[name] = got
             _free()
-    return {name: tuple(entry) for name, entry in best.items()}
+        live = list(reps)
+        for p in range(SAMPLES):
+            for name in live[p % len(live) :] + live[: p % len(live)]:
+                if isinstance(out[name]["ms"], str):
+                    continue
+                step = steps[name]
+                got = run_guarded(lambda step=step, n=reps[name]: sample_ms(step, n))
+                if isinstance(got, str):
+                    out[name]["ms"] = got
+                    _free()
+                    continue
+                out[name]["samples"].append(got)
+                out[name]["host"].append(host_us(step))
+        for name in live:
+            row = out[name]
+            if isinstance(row["ms"], str):
+                continue
+            row["ms"] = statistics.median(row["samples"])
+            row["host_us"] = statistics.median(row["host"])
+            gpu = run_guarded(lambda step=steps[name]: gpu_ms(step))
+            if isinstance(gpu, tuple):
+                row["gpu_ms"], row["kernels"] = gpu
+            row["backend"] = mha.last_backend() if name.startswith("ours") else None
+    return out
 
 
 def _sdpa_forced(q, k, v, causal, backend):
@@ -261,10 +319,12 @@ def module_rows(shape: tuple, backward: bool) -> list[dict]:
     timed = time_rows(fns, grad if backward else None)
     rows = []
     for name in fns:
-        ms, backend, gpu, _ = timed[name]
-        row = {"name": name, "ms": ms, "gpu_ms": gpu, "err": None}
+        t = timed[name]
+        row = {"name": name, "ms": t["ms"], "host_us": t.get("host_us"), "gpu_ms": t["gpu_ms"], "err": None}
         if name.startswith("ours"):
-            row["backend"] = backend
+            row["backend"] = t["backend"]
+        elif isinstance(t["ms"], float) and isinstance(timed["ours MultiHeadAttention"]["ms"], float):
+            row["paired"] = {"ours": paired_ratio(t["samples"], timed["ours MultiHeadAttention"]["samples"])}
         rows.append(row)
     if isinstance(rows[0]["ms"], float) and isinstance(rows[2]["ms"], float):  # correctness guard
         with torch.no_grad():
@@ -291,8 +351,9 @@ def fmt(value, spec: str) -> str:
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| shape (B,H,N,D) | causal | pass | row | ms | TFLOP/s | ratio | GPU ms | GPU ratio | note |",
-        "|" + "---|" * 10,
+        "| shape (B,H,N,D) | causal | pass | row | ms | TFLOP/s | ratio | host us | GPU ms | GPU ratio "
+        "| note |",
+        "|" + "---|" * 11,
     ]
     for res in results:
         for row in res["rows"]:
@@ -302,12 +363,15 @@ def markdown(results: list[dict]) -> str:
             ms = row["ms"]
             if isinstance(ms, str) and ms.startswith("n/a: "):
                 note, ms = note + ms[5:], "n/a"
+            for ref, (med, lo, hi) in (row.get("paired") or {}).items():
+                note += f" paired vs {ref}: {med:.2f} (IQR {lo:.2f}-{hi:.2f})"
             if row.get("err") is not None:
                 ref = "flash" if res["level"] == "kernel" else "nn need_weights=False"
                 note += f" max err vs {ref} {row['err']:.1e}"
             cells = [tuple(res["shape"][:4]), res["shape"][4], res["pass"], row["name"], fmt(ms, ".3f")]
             cells += [fmt(row["tflops"], ".1f"), fmt(row["ratio"], ".2f")]
-            cells += [fmt(row.get("gpu_ms"), ".3f"), fmt(row.get("gpu_ratio"), ".2f"), note.strip()]
+            cells += [fmt(row.get("host_us"), ".1f"), fmt(row.get("gpu_ms"), ".3f")]
+            cells += [fmt(row.get("gpu_ratio"), ".2f"), note.strip()]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -324,7 +388,7 @@ def write_section(path: Path, text: str) -> None:
 
 
 def main() -> None:
-    global DEVICE, ROUNDS
+    global DEVICE, SAMPLES
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -343,14 +407,14 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cuda", help="cuda (benchmark) or cpu (smoke run of the script)")
     parser.add_argument(
-        "--rounds",
+        "--samples",
         type=int,
-        default=ROUNDS,
-        help="timing rounds per row, best median kept (host-bound rows vary ~20%% run to run: use 6+)",
+        default=SAMPLES,
+        help="interleaved timing passes (one ~10 ms sample of every row each); ms = the median sample",
     )
     args = parser.parse_args()
     DEVICE = args.device
-    ROUNDS = max(1, args.rounds)
+    SAMPLES = max(1, args.samples)
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
             "bench/attention.py needs a CUDA GPU (or --device cpu --shapes tiny for a smoke run)"

@@ -3,7 +3,8 @@
 
 For each shape, forward and forward+backward: SDPA's default choice, each of flash / memory-efficient / cuDNN
 with only that backend enabled (flags set around the timing, not per call), and ``mha.attention``
-(``auto``). Prints ``(GPU ms, wall ms)`` per row, using ``bench/attention.py``'s timers. Needs a CUDA GPU.
+(``auto``). Prints ``(GPU ms, wall ms, host ms)`` per row (host: the time to issue one call), using
+``bench/attention.py``'s timers. Needs a CUDA GPU.
 
     python bench/kernel_small_shapes.py
 """
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mha  # noqa: E402
-from bench.attention import gpu_ms, time_ms  # noqa: E402
+from bench.attention import gpu_ms, host_us, time_ms  # noqa: E402
 from mha.functional import _SDPA_FLAGS  # noqa: E402
 
 SHAPES = [
@@ -38,8 +39,8 @@ def only(name: str | None) -> None:
         enable(name is None or backend == name)
 
 
-def timed(step) -> tuple[float, float]:
-    return round(gpu_ms(step)[0], 4), round(time_ms(step), 4)
+def timed(step) -> tuple[float, float, float]:
+    return round(gpu_ms(step)[0], 4), round(time_ms(step), 4), round(host_us(step) * 1e-3, 4)
 
 
 def measure(shape: tuple[int, int, int, int], backward: bool) -> dict[str, object]:
@@ -70,7 +71,7 @@ def main() -> None:
     for shape in SHAPES:
         for backward in (False, True):
             rows = measure(shape, backward)
-            print(shape, "fwdbwd" if backward else "fwd", "(GPU ms, wall ms):", rows, flush=True)
+            print(shape, "fwdbwd" if backward else "fwd", "(GPU ms, wall ms, host ms):", rows, flush=True)
 
 
 if __name__ == "__main__":

@@ -215,8 +215,16 @@ def attention(
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
     """
-    plannable = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
-    if plannable:
+    # (the test of ``_plannable``, written out: this is the hot path of every call)
+    plannable = (
+        mask is None
+        and backend == "auto"
+        and not dropout_p
+        and score_mod is None
+        and block_mask is None
+        and not return_weights
+    )
+    if plannable and not torch.compiler.is_compiling() and _PLANS:
         out = _run_plan(q, k, v, is_causal, scale)
         if out is not None:  # a signature seen (and validated) before: straight to its kernel
             return out
@@ -267,7 +275,7 @@ def _attend(
     looked for a remembered plan (and found none).
     """
     fast = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
-    if fast and not plan_tried:
+    if fast and not plan_tried and not torch.compiler.is_compiling() and _PLANS:
         out = _run_plan(q, k, v, is_causal, scale)
         if out is not None:
             return out
@@ -457,8 +465,11 @@ def _plannable(
 
 
 def _run_plan(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float | None) -> Tensor | None:
-    """Run the remembered kernel call of this signature; ``None``: no plan (new, forced, compiling, stale)."""
-    if not _PLANS or _STATE["forced"] is not None or torch.compiler.is_compiling():
+    """Run the remembered kernel call of this signature; ``None``: no plan (new, forced, stale).
+
+    Callers test ``torch.compiler.is_compiling()`` first (a traced call never reads ``_PLANS``) and that
+    ``_PLANS`` is not empty."""
+    if _STATE["forced"] is not None:
         return None
     try:
         plan = _PLANS.get(_signature(q, k, v, is_causal))

@@ -1,0 +1,45 @@
+"""The attention benchmark script runs (CPU smoke shape) and its statistics mean what the tables say."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.attention import paired_ratio  # noqa: E402
+
+
+def test_paired_ratio_is_reference_over_ours_per_pass() -> None:
+    # ours twice as fast in every pass, whatever the drift between passes
+    ref = [2.0, 4.0, 8.0, 2.0, 6.0]
+    ours = [1.0, 2.0, 4.0, 1.0, 3.0]
+    assert paired_ratio(ref, ours) == (2.0, 2.0, 2.0)
+    med, lo, hi = paired_ratio([1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 1.0, 0.5, 1.0])
+    assert med == 1.0 and lo < 1.0 < hi
+
+
+def test_cpu_smoke_run_writes_both_tables(tmp_path: Path) -> None:
+    out = tmp_path / "attn.json"
+    cmd = [sys.executable, "bench/attention.py", "--device", "cpu", "--shapes", "tiny"]
+    cmd += ["--samples", "2", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert {(r["level"], r["pass"]) for r in results} == {
+        (level, mode) for level in ("kernel", "module") for mode in ("fwd", "fwdbwd")
+    }
+    for res in results:
+        ours = res["rows"][0]
+        assert ours["name"].startswith("ours")
+        assert isinstance(ours["ms"], float) and ours["ms"] > 0 and ours["host_us"] > 0
+        assert ours["backend"] is not None
+        assert ours["err"] is not None and ours["err"] < 1e-5  # the same numbers as the reference row
+        if res["level"] == "kernel":
+            assert "sdpa (default choice)" in ours["paired"]
+        else:
+            assert all("ours" in row["paired"] for row in res["rows"][1:] if isinstance(row["ms"], float))
+    assert "| ours (auto) |" in proc.stdout
