@@ -165,3 +165,38 @@ def test_direct_kernel_plan_steps_aside_for_other_strides_and_flags():
     mha.attention(q, k, v)
     assert mha.last_backend() == kernel
     mha.clear_backend_cache()
+
+
+def _kernel_names(fn) -> frozenset[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return frozenset(e.key for e in prof.key_averages())
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_plan_runs_the_kernel_it_reports(causal, grad):
+    """A remembered plan (F.sdpa where SDPA would pick the decided kernel itself, else the kernel's op)
+    launches exactly the kernels of that backend forced, and ``last_backend`` names it."""
+    from mha.functional import _PLANS, _SDPA_FLAGS, _run_only
+
+    mha.clear_backend_cache()
+    q, k, v = (
+        torch.randn(8, 16, 1024, 64, device="cuda", dtype=torch.bfloat16, requires_grad=grad) for _ in "qkv"
+    )
+    with torch.set_grad_enabled(grad):
+        first = mha.attention(q, k, v, is_causal=causal)  # slow path: validates, decides, remembers
+        kernel = mha.last_backend()
+        assert kernel in _SDPA_FLAGS and len(_PLANS) == 1, kernel
+        ours = _kernel_names(lambda: mha.attention(q, k, v, is_causal=causal))
+        assert mha.last_backend() == kernel
+        ref = _kernel_names(
+            lambda: _run_only(kernel, lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+        )
+        assert ours == ref, (kernel, ours ^ ref)
+        torch.testing.assert_close(mha.attention(q, k, v, is_causal=causal), first, atol=0, rtol=0)
+    mha.clear_backend_cache()
