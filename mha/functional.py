@@ -215,7 +215,8 @@ def attention(
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
     """
-    # (the test of ``_plannable``, written out: this is the hot path of every call)
+    # may this call take (and make) a plan: unmasked ``auto``, no dropout, Flex or weights
+    # (written out, not a helper function: this is the hot path of every call)
     plannable = (
         mask is None
         and backend == "auto"
@@ -274,7 +275,14 @@ def _attend(
     rows a bottom-right causal mask empties (``q_len > k_len``).  ``plan_tried``: the caller already
     looked for a remembered plan (and found none).
     """
-    fast = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
+    fast = (  # the plan test of ``attention``
+        mask is None
+        and backend == "auto"
+        and not dropout_p
+        and score_mod is None
+        and block_mask is None
+        and not return_weights
+    )
     if fast and not plan_tried and not torch.compiler.is_compiling() and _PLANS:
         out = _run_plan(q, k, v, is_causal, scale)
         if out is not None:
@@ -442,25 +450,6 @@ def _signature(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> tuple:
         torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad),
         id(BACKEND_RULES),
         len(BACKEND_RULES),
-    )
-
-
-def _plannable(
-    mask: Tensor | None,
-    backend: str,
-    dropout_p: float,
-    score_mod: Callable | None,
-    block_mask: object | None,
-    return_weights: bool,
-) -> bool:
-    """Whether a call may take (and make) a plan: unmasked ``auto``, no dropout, Flex or weights."""
-    return (
-        mask is None
-        and backend == "auto"
-        and not dropout_p
-        and score_mod is None
-        and block_mask is None
-        and not return_weights
     )
 
 
