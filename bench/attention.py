@@ -276,8 +276,8 @@ def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | N
         for name in live:
             out[name]["ms"] = statistics.median(out[name]["samples"])
             out[name]["host_us"] = statistics.median(out[name]["host"])
-        for _ in range(GPU_ROUNDS):  # interleaved too; the least kernel time is kept (clocks vary ~5%)
-            for name in live:
+        for r in range(GPU_ROUNDS):  # interleaved too; the least kernel time is kept (clocks vary ~5%)
+            for name in live[r % len(live) :] + live[: r % len(live)] if live else []:
                 row = out[name]
                 gpu = run_guarded(lambda step=steps[name]: gpu_ms(step))
                 if isinstance(gpu, tuple) and (row["gpu_ms"] is None or gpu[0] < row["gpu_ms"]):
