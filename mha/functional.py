@@ -430,7 +430,8 @@ def clear_backend_cache() -> None:
 # call with that key skips ``_check_inputs`` and ``_decide`` and calls the kernel: at ViT sizes, where the
 # host time of a call is longer than the kernel, this is what keeps ``auto`` level with calling SDPA by hand.
 # Strides and the global SDPA flags are not in the key (reading them costs ~0.5 us a call): a "sdpa" plan
-# calls F.sdpa, which reads them itself; a one-kernel plan checks them and steps aside when they differ.
+# calls F.sdpa, which reads them itself; a one-kernel plan looks its kernel call up by them (one entry per
+# layout the slow path has decided and checked, up to 8), so an unseen layout is decided first.
 # Only unmasked calls without dropout, Flex or weights, outside ``force_backend`` and ``torch.compile``,
 # take a plan.
 _PLANS: dict[tuple, Callable[[Tensor, Tensor, Tensor, float | None], Tensor | None]] = {}
@@ -501,15 +502,12 @@ def _remember_plan(
 
     elif (direct := _direct_kernel(order, gqa, q.shape[-1])) is not None:
         name = order[0]
-        checked = _strides_and_flags(q, k, v)  # what the decision checked this kernel against
         if _sdpa_choice(q, k, v, is_causal) == name:
-            # SDPA would pick this kernel itself: F.sdpa reaches it with less host time than the op's Python
-            # binding (H100 host, (8,16,1024,64) forward: ~8 us a call, 60 against 68)
+            # SDPA would pick this kernel itself: F.sdpa reaches it with no more host time than the op's
+            # Python binding (which returns all nine outputs; 1-10 us more per call on an H100 host)
             sdpa = F.scaled_dot_product_attention
 
-            def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor | None:
-                if _strides_and_flags(q, k, v) != checked:  # other strides or flags: the slow path decides
-                    return None
+            def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
                 _STATE["last"] = name
                 if scale is None:
                     return sdpa(q, k, v, is_causal=True) if is_causal else sdpa(q, k, v)
@@ -517,16 +515,31 @@ def _remember_plan(
 
         else:
 
-            def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor | None:
-                if _strides_and_flags(q, k, v) != checked:  # other strides or flags: the slow path decides
-                    return None
+            def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
                 _STATE["last"] = name
                 return direct(q, k, v, 0.0, is_causal, scale)
+
+        # the decision checked this kernel against these strides and flags: a call of the same signature
+        # with others (a strided view from a fused projection, a backend switched off) is decided again, and
+        # each layout, up to 8 per signature, keeps its own kernel call
+        layout = _strides_and_flags(q, k, v)
+        layouts = getattr(_PLANS.get(_signature(q, k, v, causal_in)), "layouts", None)
+        if layouts is not None:
+            if len(layouts) < 8:
+                layouts.setdefault(layout, run)
+            return
+        layouts = {layout: run}
+
+        def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor | None:
+            call = layouts.get(_strides_and_flags(q, k, v))
+            return None if call is None else call(q, k, v, scale)
+
+        plan.layouts = layouts
 
     if plan is not None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
-        _PLANS.setdefault(_signature(q, k, v, causal_in), plan)  # the first stride pattern keeps the slot
+        _PLANS.setdefault(_signature(q, k, v, causal_in), plan)
 
 
 _SDP_CHOICE = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn"}  # torch.nn.attention.SDPBackend values

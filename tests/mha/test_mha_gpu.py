@@ -159,11 +159,40 @@ def test_direct_kernel_plan_steps_aside_for_other_strides_and_flags():
     enable(False)
     try:
         torch.testing.assert_close(mha.attention(q, k, v), ref, atol=1e-2, rtol=1e-2)
-        assert mha.last_backend() != kernel  # the disabled kernel is not run through the old plan
+        other = mha.last_backend()
+        assert other != kernel  # the disabled kernel is not run through the old plan
+        mha.attention(q, k, v)  # the new layout (flags) got its own entry: the same kernel again
+        assert mha.last_backend() == other
     finally:
         enable(True)
     mha.attention(q, k, v)
     assert mha.last_backend() == kernel
+    (plan,) = _PLANS.values()
+    if other in _SDPA_FLAGS and other != "math":  # a checked fused kernel: kept beside the first layout
+        assert len(plan.layouts) == 2
+    mha.clear_backend_cache()
+
+
+def test_plan_keeps_one_entry_per_layout():
+    """Contiguous q/k/v and the strided views of a fused qkv projection share a signature: both layouts keep
+    their own kernel call instead of the second one taking the slow path on every call."""
+    from mha.functional import _PLANS
+
+    mha.clear_backend_cache()
+    b, h, n, d = 8, 16, 1024, 64
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    qkv = torch.randn(b, n, 3, h, d, device="cuda", dtype=torch.bfloat16)
+    qs, ks, vs = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # the module's layout
+    mha.attention(q, k, v)
+    kernel = mha.last_backend()
+    mha.attention(qs, ks, vs)
+    assert mha.last_backend() == kernel
+    (plan,) = _PLANS.values()
+    assert len(plan.layouts) == 2, kernel  # a one-kernel plan at this shape (rule: > 256 keys)
+    ref = F.scaled_dot_product_attention(qs, ks, vs)
+    torch.testing.assert_close(mha.attention(qs, ks, vs), ref, atol=1e-2, rtol=1e-2)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(mha.attention(q, k, v), ref, atol=1e-2, rtol=1e-2)
     mha.clear_backend_cache()
 
 
