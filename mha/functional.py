@@ -504,7 +504,7 @@ def _remember_plan(
         name = order[0]
         if _sdpa_choice(q, k, v, is_causal) == name:
             # SDPA would pick this kernel itself: F.sdpa reaches it with no more host time than the op's
-            # Python binding (which returns all nine outputs; 1-10 us more per call on an H100 host)
+            # Python binding (which returns all nine outputs: 0-10 us more per call on an H100 host)
             sdpa = F.scaled_dot_product_attention
 
             def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
