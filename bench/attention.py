@@ -252,7 +252,14 @@ def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | N
     reps: dict[str, int] = {}
     with mode():
         for name, step in steps.items():
-            out[name] = {"ms": None, "samples": [], "host": [], "gpu_ms": None, "kernels": frozenset()}
+            out[name] = {
+                "ms": None,
+                "samples": [],
+                "host": [],
+                "gpu_ms": None,
+                "kernels": frozenset(),
+                "backend": None,
+            }
             got = run_guarded(lambda step=step: calibrate(step))
             if isinstance(got, str):  # OOM / unsupported: no further tries
                 out[name]["ms"] = got
@@ -261,7 +268,7 @@ def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | N
             _free()
         live = list(reps)
         for p in range(SAMPLES):
-            for name in live[p % len(live) :] + live[: p % len(live)]:
+            for name in _rotated(live, p):
                 if isinstance(out[name]["ms"], str):
                     continue
                 step = steps[name]
@@ -277,13 +284,22 @@ def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | N
             out[name]["ms"] = statistics.median(out[name]["samples"])
             out[name]["host_us"] = statistics.median(out[name]["host"])
         for r in range(GPU_ROUNDS):  # interleaved too; the least kernel time is kept (clocks vary ~5%)
-            for name in live[r % len(live) :] + live[: r % len(live)] if live else []:
+            for name in _rotated(live, r):
                 row = out[name]
                 gpu = run_guarded(lambda step=steps[name]: gpu_ms(step))
                 if isinstance(gpu, tuple) and (row["gpu_ms"] is None or gpu[0] < row["gpu_ms"]):
                     row["gpu_ms"], row["kernels"] = gpu
                 row["backend"] = mha.last_backend() if name.startswith("ours") else None
     return out
+
+
+def _rotated(names: list[str], shift: int) -> list[str]:
+    """``names`` started at position ``shift`` (mod its length), so no row always runs first or after the same
+    row."""
+    if not names:
+        return []
+    shift %= len(names)
+    return names[shift:] + names[:shift]
 
 
 def _sdpa_forced(q, k, v, causal, backend):

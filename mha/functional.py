@@ -215,17 +215,8 @@ def attention(
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
     """
-    # may this call take (and make) a plan: unmasked ``auto``, no dropout, Flex or weights
-    # (written out, not a helper function: this is the hot path of every call)
-    plannable = (
-        mask is None
-        and backend == "auto"
-        and not dropout_p
-        and score_mod is None
-        and block_mask is None
-        and not return_weights
-    )
-    if plannable and not torch.compiler.is_compiling() and _PLANS:
+    plannable = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
+    if plannable:
         out = _run_plan(q, k, v, is_causal, scale)
         if out is not None:  # a signature seen (and validated) before: straight to its kernel
             return out
@@ -275,15 +266,8 @@ def _attend(
     rows a bottom-right causal mask empties (``q_len > k_len``).  ``plan_tried``: the caller already
     looked for a remembered plan (and found none).
     """
-    fast = (  # the plan test of ``attention``
-        mask is None
-        and backend == "auto"
-        and not dropout_p
-        and score_mod is None
-        and block_mask is None
-        and not return_weights
-    )
-    if fast and not plan_tried and not torch.compiler.is_compiling() and _PLANS:
+    fast = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
+    if fast and not plan_tried:
         out = _run_plan(q, k, v, is_causal, scale)
         if out is not None:
             return out
@@ -454,12 +438,30 @@ def _signature(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> tuple:
     )
 
 
-def _run_plan(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float | None) -> Tensor | None:
-    """Run the remembered kernel call of this signature; ``None``: no plan (new, forced, stale).
+def _plannable(
+    mask: Tensor | None,
+    backend: str,
+    dropout_p: float,
+    score_mod: Callable | None,
+    block_mask: object | None,
+    return_weights: bool,
+) -> bool:
+    """Whether a call may take (and make) a plan: unmasked ``auto``, no dropout, Flex or weights."""
+    return (
+        mask is None
+        and backend == "auto"
+        and not dropout_p
+        and score_mod is None
+        and block_mask is None
+        and not return_weights
+    )
 
-    Callers test ``torch.compiler.is_compiling()`` first (a traced call never reads ``_PLANS``) and that
-    ``_PLANS`` is not empty."""
-    if _STATE["forced"] is not None:
+
+def _run_plan(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float | None) -> Tensor | None:
+    """Run the remembered kernel call of this signature; ``None``: no plan (compiling, new, forced, stale).
+
+    ``is_compiling`` is tested first, so that a traced call never reads ``_PLANS``."""
+    if torch.compiler.is_compiling() or not _PLANS or _STATE["forced"] is not None:
         return None
     try:
         plan = _PLANS.get(_signature(q, k, v, is_causal))
@@ -502,22 +504,10 @@ def _remember_plan(
 
     elif (direct := _direct_kernel(order, gqa, q.shape[-1])) is not None:
         name = order[0]
-        if _sdpa_choice(q, k, v, is_causal) == name:
-            # SDPA would pick this kernel itself: F.sdpa reaches it with no more host time than the op's
-            # Python binding (which returns all nine outputs: 0-10 us more per call on an H100 host)
-            sdpa = F.scaled_dot_product_attention
 
-            def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
-                _STATE["last"] = name
-                if scale is None:
-                    return sdpa(q, k, v, is_causal=True) if is_causal else sdpa(q, k, v)
-                return sdpa(q, k, v, is_causal=is_causal, scale=scale)
-
-        else:
-
-            def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
-                _STATE["last"] = name
-                return direct(q, k, v, 0.0, is_causal, scale)
+        def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+            _STATE["last"] = name
+            return direct(q, k, v, 0.0, is_causal, scale)
 
         # the decision checked this kernel against these strides and flags: a call of the same signature
         # with others (a strided view from a fused projection, a backend switched off) is decided again, and
@@ -540,17 +530,6 @@ def _remember_plan(
         if len(_PLANS) > 4096:
             _PLANS.clear()
         _PLANS.setdefault(_signature(q, k, v, causal_in), plan)
-
-
-_SDP_CHOICE = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn"}  # torch.nn.attention.SDPBackend values
-
-
-def _sdpa_choice(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> str | None:
-    """The backend ``F.scaled_dot_product_attention`` itself would run for this unmasked call, if known."""
-    try:
-        return _SDP_CHOICE.get(torch._fused_sdp_choice(q, k, v, None, 0.0, is_causal))
-    except (AttributeError, RuntimeError, TypeError):  # a PyTorch without (or with another) private API
-        return None
 
 
 def _strides_and_flags(q: Tensor, k: Tensor, v: Tensor) -> tuple:

@@ -209,8 +209,8 @@ def _kernel_names(fn) -> frozenset[str]:
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("causal", [False, True])
 def test_plan_runs_the_kernel_it_reports(causal, grad):
-    """A remembered plan (F.sdpa where SDPA would pick the decided kernel itself, else the kernel's op)
-    launches exactly the kernels of that backend forced, and ``last_backend`` names it."""
+    """A remembered plan launches exactly the kernels of the decided backend forced, and ``last_backend``
+    names it."""
     from mha.functional import _PLANS, _SDPA_FLAGS, _run_only
 
     mha.clear_backend_cache()
