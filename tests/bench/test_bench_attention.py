@@ -43,3 +43,19 @@ def test_cpu_smoke_run_writes_both_tables(tmp_path: Path) -> None:
         else:
             assert all("ours" in row["paired"] for row in res["rows"][1:] if isinstance(row["ms"], float))
     assert "| ours (auto) |" in proc.stdout
+
+
+def test_host_overhead_smoke_run_has_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "host.json"
+    cmd = [sys.executable, "bench/host_overhead.py", "--device", "cpu", "--shapes", "tiny"]
+    cmd += ["--samples", "2", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [r["pass"] for r in results] == ["fwd", "fwdbwd"]
+    for res in results:
+        names = [row["name"] for row in res["rows"]]
+        assert names[0] == "F.sdpa" and names[-1] == "ours (mha.attention)"
+        assert all(row["wall_us"] > 0 and row["host_us"] > 0 for row in res["rows"])
+        assert all(len(row["paired"]) == 3 for row in res["rows"][1:])
+        assert res["rows"][-1]["backend"] == "sdpa"  # CPU: PyTorch's own SDPA choice
