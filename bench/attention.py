@@ -17,14 +17,15 @@ Two tables:
   ``nn.MultiheadAttention`` with default arguments (``need_weights=True``) and with ``need_weights=False``,
   timm ``Attention``.  Ratio = their time / our time (targets fwd+bwd: >= 1.5x nn default, >= 1.0x timm).
 FLOPs: attention ``4*B*H*N^2*D`` forward (halved when causal), backward 2.5x forward; modules add
-``8*B*N*E^2`` forward for the projections (backward 2x).  Timing: the rows of a table are timed interleaved
-(``--samples`` passes, one ~10 ms sample of every row per pass, order rotated), CUDA events around
-back-to-back calls; ``ms`` is the median sample: wall time with the host running ahead, so Python and launch
-overhead count where the kernels are shorter than it, as at ViT sizes.  ``host us``: the host's time to issue
-one call (CPU clock, not waiting for the GPU): a row whose ``host us`` exceeds its ``GPU ms`` is host-bound
-and its ``ms`` measures dispatch, not the kernel.  ``GPU ms``: kernel time per call from torch.profiler, what
-the call costs once host time is hidden (CUDA graphs, ``torch.compile``, a queue kept full by bigger work).
-"paired vs X": the ratio sample by sample within a pass (median and quartiles), so host drift cancels.
+``8*B*N*E^2`` forward for the projections (backward 2x). Timing: the rows of a table are timed interleaved
+(``--samples`` passes, one ~10 ms sample of every row per pass, order shuffled, two untimed warm-up calls
+before each sample), CUDA events around back-to-back calls; ``ms`` is the median sample: wall time with the
+host running ahead, so Python and launch overhead count where the kernels are shorter than it, as at ViT
+sizes. ``host us``: the host's time to issue one call (CPU clock, not waiting for the GPU): a row whose
+``host us`` exceeds its ``GPU ms`` is host-bound and its ``ms`` measures dispatch, not the kernel. ``GPU ms``:
+kernel time per call from torch.profiler, what the call costs once host time is hidden (CUDA graphs,
+``torch.compile``, a queue kept full by bigger work). "paired vs X": the ratio sample by sample within a pass
+(median and quartiles), so host drift cancels.
 ``--device cpu --shapes tiny`` is a smoke run of the script itself (numbers meaningless).
 """
 
@@ -35,6 +36,7 @@ import datetime
 import itertools
 import json
 import math
+import random
 import statistics
 import sys
 import time
@@ -238,11 +240,11 @@ def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | N
     """``{name: {"ms", "samples", "host_us", "gpu_ms", "kernels", "backend"}}``; ``ms`` is "OOM"/"n/a: ..."
     for a row that cannot run.
 
-    The rows are timed interleaved: ``SAMPLES`` passes, each taking one ~10 ms sample of every row (the
-    order rotated per pass), so drifts of clocks, host load and allocator state fall on all rows alike and
-    rows can be compared sample by sample.  ``ms`` is the median sample; ``host_us`` the median host time
-    per call (``host_us``, one measurement per pass); ``GPU ms`` the least kernel time (torch.profiler) of
-    ``GPU_ROUNDS`` interleaved profiles after the passes.
+    The rows are timed interleaved: ``SAMPLES`` passes, each taking one ~10 ms sample of every row (the order
+    shuffled per pass, warm-up calls before each), so drifts of clocks, host load and allocator state fall on
+    all rows alike and rows can be compared sample by sample. ``ms`` is the median sample; ``host_us`` the
+    median host time per call (``host_us``, one measurement per pass); ``GPU ms`` the least kernel time
+    (torch.profiler) of ``GPU_ROUNDS`` interleaved profiles after the passes.
     """
     steps = {
         name: (lambda fn=fn: fn().backward(grad)) if grad is not None else fn for name, fn in fns.items()
@@ -268,11 +270,11 @@ def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | N
             _free()
         live = list(reps)
         for p in range(SAMPLES):
-            for name in _rotated(live, p):
+            for name in _pass_order(live, p):
                 if isinstance(out[name]["ms"], str):
                     continue
                 step = steps[name]
-                got = run_guarded(lambda step=step, n=reps[name]: sample_ms(step, n))
+                got = run_guarded(lambda step=step, n=reps[name]: _warm(step) or sample_ms(step, n))
                 if isinstance(got, str):
                     out[name]["ms"] = got
                     _free()
@@ -284,7 +286,7 @@ def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | N
             out[name]["ms"] = statistics.median(out[name]["samples"])
             out[name]["host_us"] = statistics.median(out[name]["host"])
         for r in range(GPU_ROUNDS):  # interleaved too; the least kernel time is kept (clocks vary ~5%)
-            for name in _rotated(live, r):
+            for name in _pass_order(live, r):
                 row = out[name]
                 gpu = run_guarded(lambda step=steps[name]: gpu_ms(step))
                 if isinstance(gpu, tuple) and (row["gpu_ms"] is None or gpu[0] < row["gpu_ms"]):
@@ -293,13 +295,23 @@ def time_rows(fns: dict[str, Callable[[], torch.Tensor]], grad: torch.Tensor | N
     return out
 
 
-def _rotated(names: list[str], shift: int) -> list[str]:
-    """``names`` started at position ``shift`` (mod its length), so no row always runs first or after the same
-    row."""
-    if not names:
-        return []
-    shift %= len(names)
-    return names[shift:] + names[:shift]
+WARM_CALLS = 2
+
+
+def _warm(step: Callable[[], object]) -> None:
+    """A few untimed calls before a sample: the row before it (another kernel, other Python, other
+    allocations) may have left the CPU caches and the allocator cold for this one."""
+    for _ in range(WARM_CALLS):
+        step()
+    _sync()
+
+
+def _pass_order(names: list[str], seed: int) -> list[str]:
+    """``names`` shuffled for pass ``seed`` (reproducibly): no row always runs first, or always after the same
+    row (a rotation would keep each row's predecessor fixed)."""
+    order = list(names)
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def _sdpa_forced(q, k, v, causal, backend):

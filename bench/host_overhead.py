@@ -7,7 +7,7 @@ against SDPA itself in the same process, at the shapes where the host (not the G
 
 Rows, each a call on the same q/k/v (``(batch, heads, seq, head_dim)``, bf16), timed interleaved exactly as
 ``bench/attention.py`` times its tables (``--samples`` passes, one ~10 ms sample of every row per pass, order
-rotated; ``wall us`` = the median sample, ``host us`` = the host's time to issue one call):
+shuffled; ``wall us`` = the median sample, ``host us`` = the host's time to issue one call):
 
 * ``F.sdpa``: ``F.scaled_dot_product_attention(q, k, v, is_causal=...)``, the reference.
 * ``F.sdpa again (A/A)``: the same call as a second row: the spread of the method itself.  A ratio of
