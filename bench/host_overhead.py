@@ -19,11 +19,6 @@ shuffled; ``wall us`` = the median sample, ``host us`` = the host's time to issu
   device, causality and grad mode, then SDPA.  No input validation, no per-layout check, no kernel report.
 * ``ours (mha.attention)``: the real thing (validated once per signature, then its remembered plan).
 
-``--plan-ab`` times, instead, ``mha.attention`` with its one-kernel plans built both ways: calling the
-kernel's ATen op (``torch._scaled_dot_product_cudnn_attention`` etc.) and calling F.sdpa where SDPA's own
-choice is that kernel (``mha.functional._SDPA_ROUTE``).  The two rows run the same kernels; only the host
-time of a call differs.
-
 ``paired vs F.sdpa``: F.sdpa's sample over the row's sample within the same pass (median, quartiles);
 below 1 the row is slower.
 """
@@ -44,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench.attention as ba  # noqa: E402
 import mha  # noqa: E402
 
-SHAPES = {k: ba.SHAPES[k] for k in ("vit", "1k", "1k-causal", "4k", "4k-causal", "tiny")}
+SHAPES = {k: ba.SHAPES[k] for k in ("vit", "1k", "1k-causal", "tiny")}
 
 
 def entry_points() -> dict[str, Callable]:
@@ -85,52 +80,20 @@ def entry_points() -> dict[str, Callable]:
     return {"pass-through wrapper": pass_through, "keyed plan, no validation": keyed_plan}
 
 
-def plan_ab_rows(q, k, v, causal: bool) -> dict[str, Callable[[], torch.Tensor]]:
-    """``mha.attention`` with its plans built with and without the F.sdpa route, each row using its own
-    plan table (``_PLANS`` is re-pointed inside the call: a ~0.05 us attribute store, the same in both)."""
-    import mha.functional as mf
-
-    tables = {}
-    for route in (False, True):
-        mf._SDPA_ROUTE = route
-        mha.clear_backend_cache()
-        with torch.set_grad_enabled(q.requires_grad):
-            mha.attention(q, k, v, is_causal=causal)
-        tables[route] = dict(mf._PLANS)
-    mf._SDPA_ROUTE = True
-
-    def with_table(route: bool) -> Callable[[], torch.Tensor]:
-        table = tables[route]
-
-        def call() -> torch.Tensor:
-            mf._PLANS = table
-            return mha.attention(q, k, v, is_causal=causal)
-
-        return call
-
-    return {
-        "ours, plans call the op": with_table(False),
-        "ours, plans call F.sdpa (same kernel)": with_table(True),
-    }
-
-
-def rows(shape: tuple, backward: bool, plan_ab: bool = False) -> list[dict]:
+def rows(shape: tuple, backward: bool) -> list[dict]:
     b, h, n, d, causal = shape
     q, k, v = (
         torch.randn(b, h, n, d, device=ba.DEVICE, dtype=ba.DTYPE, requires_grad=backward) for _ in "qkv"
     )
     grad = torch.randn_like(q)
     sdpa = F.scaled_dot_product_attention
+    wrappers = entry_points()
     fns: dict[str, Callable[[], torch.Tensor]] = {
         "F.sdpa": lambda: sdpa(q, k, v, is_causal=causal),
         "F.sdpa again (A/A)": lambda: sdpa(q, k, v, is_causal=causal),
+        **{name: (lambda w=w: w(q, k, v, is_causal=causal)) for name, w in wrappers.items()},
+        "ours (mha.attention)": lambda: mha.attention(q, k, v, is_causal=causal),
     }
-    if plan_ab:
-        fns.update(plan_ab_rows(q, k, v, causal))
-    else:
-        wrappers = entry_points()
-        fns.update({name: (lambda w=w: w(q, k, v, is_causal=causal)) for name, w in wrappers.items()})
-        fns["ours (mha.attention)"] = lambda: mha.attention(q, k, v, is_causal=causal)
     timed = ba.time_rows(fns, grad if backward else None)
     ref = timed["F.sdpa"]
     out = []
@@ -181,9 +144,6 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=24, help="interleaved passes (one sample per row)")
     parser.add_argument("--json", type=Path, help="also dump the raw results as JSON")
     parser.add_argument("--device", default="cuda", help="cuda (benchmark) or cpu (smoke run of the script)")
-    parser.add_argument(
-        "--plan-ab", action="store_true", help="ours with plans calling the op vs calling F.sdpa (see above)"
-    )
     args = parser.parse_args()
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     if unknown:
@@ -202,7 +162,7 @@ def main() -> None:
     for shape_name in args.shapes.split(","):
         for mode in args.modes.split(","):
             shape = SHAPES[shape_name]
-            res = {"shape": shape, "pass": mode, "rows": rows(shape, mode == "fwdbwd", args.plan_ab)}
+            res = {"shape": shape, "pass": mode, "rows": rows(shape, mode == "fwdbwd")}
             results.append(res)
             print(markdown([res]).split("\n", 2)[2], flush=True)
             if args.json:

@@ -504,23 +504,10 @@ def _remember_plan(
 
     elif (direct := _direct_kernel(order, gqa, q.shape[-1])) is not None:
         name = order[0]
-        if _SDPA_ROUTE and _sdpa_choice(q, k, v, is_causal) == name:
-            # SDPA picks this kernel itself for this layout: F.sdpa reaches it with less host time than the
-            # op's Python binding, which wraps all of the op's outputs (H100 host, 2026-11-24, forward:
-            # 1.6-5.8 us a call; bench/host_overhead.py --plan-ab)
-            sdpa = F.scaled_dot_product_attention
 
-            def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
-                _STATE["last"] = name
-                if scale is None:
-                    return sdpa(q, k, v, is_causal=True) if is_causal else sdpa(q, k, v)
-                return sdpa(q, k, v, is_causal=is_causal, scale=scale)
-
-        else:
-
-            def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
-                _STATE["last"] = name
-                return direct(q, k, v, 0.0, is_causal, scale)
+        def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+            _STATE["last"] = name
+            return direct(q, k, v, 0.0, is_causal, scale)
 
         # the decision checked this kernel against these strides and flags: a call of the same signature
         # with others (a strided view from a fused projection, a backend switched off) is decided again, and
@@ -543,20 +530,6 @@ def _remember_plan(
         if len(_PLANS) > 4096:
             _PLANS.clear()
         _PLANS.setdefault(_signature(q, k, v, causal_in), plan)
-
-
-# one-kernel plans call F.sdpa where SDPA's own choice is that kernel (False: they always call the op)
-_SDPA_ROUTE = True
-_SDP_CHOICE = {int(backend): name for name, backend in _SDPA_BACKENDS.items()}  # SDPBackend value -> name
-
-
-def _sdpa_choice(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> str | None:
-    """The kernel ``F.scaled_dot_product_attention`` itself would run for this unmasked call under the current
-    flags (``None``: unknown).  Called once per plan layout, never per call."""
-    try:
-        return _SDP_CHOICE.get(torch._fused_sdp_choice(q, k, v, None, 0.0, is_causal))
-    except (AttributeError, RuntimeError, TypeError):  # a PyTorch without (or with another) private API
-        return None
 
 
 def _strides_and_flags(q: Tensor, k: Tensor, v: Tensor) -> tuple:
