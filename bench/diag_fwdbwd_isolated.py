@@ -10,7 +10,6 @@ fwdbwd_isolated_diag_h100_2026-11-24_session8.log.  Run from the repository root
 
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mha  # noqa: E402
-from bench.attention import calibrate, sample_ms  # noqa: E402
+from bench.attention import calibrate, host_us, sample_ms  # noqa: E402
 from mha import functional as fn_  # noqa: E402
 
 SLOW_CALLS = [0]
@@ -28,16 +27,6 @@ _check_inputs = fn_._check_inputs
 def _counting(*args, **kwargs):
     SLOW_CALLS[0] += 1
     return _check_inputs(*args, **kwargs)
-
-
-def host_us(fn, calls=10):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = time.perf_counter() - t0
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
 
 
 def measure(shape: tuple, causal: bool) -> None:

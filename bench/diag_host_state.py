@@ -11,7 +11,6 @@ machine: ``python bench/diag_host_state.py``.
 import gc
 import statistics
 import sys
-import time
 import timeit
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mha  # noqa: E402
-from bench.attention import _sdpa_forced, gpu_ms  # noqa: E402
+from bench.attention import _sdpa_forced, gpu_ms, host_us  # noqa: E402
 from bench.host_overhead import entry_points  # noqa: E402
 
 
@@ -34,16 +33,6 @@ def _two_nested() -> None:
 
 def _one() -> None:
     return None
-
-
-def host_us(fn, calls=10):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = time.perf_counter() - t0
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
 
 
 def report(tag: str, rows: dict) -> None:

@@ -2,7 +2,7 @@
 ``mha/`` from another commit, importable as package ``mha_old`` from ``.gpu/`` (``git archive 0379c1a mha |
 tar x -C /tmp && cp -r /tmp/mha .gpu/mha_old``), next to F.sdpa, its A/A copy and the minimal keyed plan of
 ``bench/host_overhead.py``; rows timed as ``bench/attention.py`` times them.  Output of the run that compared
-the one-kernel plan call before and after 11/24's streamlining:
+the one-kernel plan call before and after bfb7731 (since reverted):
 docs/results/plan_call_ab_h100_2026-11-24_session8.log.  Run: ``python bench/diag_plan_ab.py``.
 """
 

@@ -502,8 +502,12 @@ def _remember_plan(
                 _STATE["last"] = "sdpa"
                 return sdpa(q, k, v) if scale is None else sdpa(q, k, v, scale=scale)
 
-    elif _direct_kernel(order, gqa, q.shape[-1]) is not None:
-        run = _planned_kernel_call(order[0], is_causal, _needs_lse(q, k, v))
+    elif (direct := _direct_kernel(order, gqa, q.shape[-1])) is not None:
+        name = order[0]
+
+        def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+            _STATE["last"] = name
+            return direct(q, k, v, 0.0, is_causal, scale)
 
         # the decision checked this kernel against these strides and flags: a call of the same signature
         # with others (a strided view from a fused projection, a backend switched off) is decided again, and
@@ -515,13 +519,9 @@ def _remember_plan(
                 layouts.setdefault(layout, run)
             return
         layouts = {layout: run}
-        c = torch._C  # the key below is ``_strides_and_flags(q, k, v)`` of a CUDA call, written out inline
-        cudnn_on, flash_on = c._get_cudnn_sdp_enabled, c._get_flash_sdp_enabled
-        efficient_on, math_on = c._get_mem_efficient_sdp_enabled, c._get_math_sdp_enabled
 
         def plan(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor | None:
-            flags = (cudnn_on(), flash_on(), efficient_on(), math_on())
-            call = layouts.get((q.stride(), k.stride(), v.stride(), flags))
+            call = layouts.get(_strides_and_flags(q, k, v))
             return None if call is None else call(q, k, v, scale)
 
         plan.layouts = layouts
@@ -743,33 +743,6 @@ _DIRECT: dict[str, Callable[[Tensor, Tensor, Tensor, float, bool, float | None],
         q, k, v, None, _needs_lse(q, k, v), p, causal, scale=scale
     )[0],
 }
-
-
-def _planned_kernel_call(name: str, is_causal: bool, lse: bool) -> Callable[..., Tensor]:
-    """A plan's call of kernel ``name``'s op, its constant arguments bound (``lse``: grads are needed, which
-    the plan's signature fixes); the same call as ``_DIRECT[name]`` with one Python frame less."""
-    if name == "cudnn":
-        op = torch._scaled_dot_product_cudnn_attention
-
-        def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
-            _STATE["last"] = "cudnn"
-            return op(q, k, v, None, lse, 0.0, is_causal, False, scale=scale)[0]
-
-    elif name == "flash":
-        op = torch._scaled_dot_product_flash_attention
-
-        def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
-            _STATE["last"] = "flash"
-            return op(q, k, v, 0.0, is_causal, False, scale=scale)[0]
-
-    else:
-        op = torch._scaled_dot_product_efficient_attention
-
-        def run(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
-            _STATE["last"] = "efficient"
-            return op(q, k, v, None, lse, 0.0, is_causal, scale=scale)[0]
-
-    return run
 
 
 def _direct_kernel(order: tuple[str, ...], gqa: bool, head_dim: int) -> Callable | None:

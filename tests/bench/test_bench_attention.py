@@ -22,12 +22,18 @@ def test_paired_ratio_is_reference_over_ours_per_pass() -> None:
     assert med == 1.0 and lo < 1.0 < hi
 
 
-def test_cpu_smoke_run_writes_both_tables(tmp_path: Path) -> None:
-    out = tmp_path / "attn.json"
-    cmd = [sys.executable, "bench/attention.py", "--device", "cpu", "--shapes", "tiny"]
+def smoke_run(script: str, out: Path) -> subprocess.CompletedProcess:
+    """``bench/<script>`` on the CPU smoke shape, two passes, raw results to ``out``; it must exit 0."""
+    cmd = [sys.executable, f"bench/{script}", "--device", "cpu", "--shapes", "tiny"]
     cmd += ["--samples", "2", "--json", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_cpu_smoke_run_writes_both_tables(tmp_path: Path) -> None:
+    out = tmp_path / "attn.json"
+    proc = smoke_run("attention.py", out)
     results = json.loads(out.read_text())
     assert {(r["level"], r["pass"]) for r in results} == {
         (level, mode) for level in ("kernel", "module") for mode in ("fwd", "fwdbwd")
@@ -47,10 +53,7 @@ def test_cpu_smoke_run_writes_both_tables(tmp_path: Path) -> None:
 
 def test_host_overhead_smoke_run_has_every_row(tmp_path: Path) -> None:
     out = tmp_path / "host.json"
-    cmd = [sys.executable, "bench/host_overhead.py", "--device", "cpu", "--shapes", "tiny"]
-    cmd += ["--samples", "2", "--json", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    smoke_run("host_overhead.py", out)
     results = json.loads(out.read_text())["results"]
     assert [r["pass"] for r in results] == ["fwd", "fwdbwd"]
     for res in results:
