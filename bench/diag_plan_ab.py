@@ -3,7 +3,8 @@
 tar x -C /tmp && cp -r /tmp/mha .gpu/mha_old``), next to F.sdpa, its A/A copy and the minimal keyed plan of
 ``bench/host_overhead.py``; rows timed as ``bench/attention.py`` times them.  Output of the run that compared
 the one-kernel plan call before and after bfb7731 (since reverted):
-docs/results/plan_call_ab_h100_2026-11-24_session8.log.  Run: ``python bench/diag_plan_ab.py``.
+docs/results/plan_call_ab_h100_2026-11-24_session8.log.  Run: ``python bench/diag_plan_ab.py [shape,...]``
+(names from ``bench/attention.py``'s SHAPES; default ``1k-causal,1k,4k-causal``).
 """
 
 import sys
@@ -51,6 +52,7 @@ def measure(name: str, backward: bool) -> None:
 
 if __name__ == "__main__":
     ba.GPU_ROUNDS = 1
-    for shape_name in ("1k-causal", "1k", "4k-causal"):
+    names = sys.argv[1].split(",") if len(sys.argv) > 1 else ["1k-causal", "1k", "4k-causal"]
+    for shape_name in names:
         for backward in (False, True):
             measure(shape_name, backward)

@@ -100,6 +100,37 @@ class BackendRule:
 
 _HALF = (torch.float16, torch.bfloat16)
 
+
+class _RuleTable(list):
+    """The list type of ``BACKEND_RULES``: editing it in place forgets the memoised decisions and plans (and
+    turns off ``_short_call``, which follows the shipped table only)."""
+
+
+def _rules_edited(table: list) -> None:
+    global _SHORT_TABLE
+    if table is _SHIPPED_TABLE:  # (an edit undone, e.g. a rule swapped and put back, turns it on again)
+        _SHORT_TABLE = table if tuple(table) == _SHIPPED_RULES else None
+    clear_backend_cache()
+
+
+def _edits(name: str) -> Callable:
+    base = getattr(list, name)
+
+    def method(self: _RuleTable, *args: object, **kwargs: object) -> object:
+        result = base(self, *args, **kwargs)
+        _rules_edited(self)
+        return result
+
+    method.__name__ = name
+    return method
+
+
+for _name in (
+    "__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+    "clear", "sort", "reverse",
+):  # fmt: skip
+    setattr(_RuleTable, _name, _edits(_name))
+
 #: Rules for ``backend="auto"``, first match wins.  Measured with forced SDPA backends on an H200 (torch 2.11,
 #: bf16, 2026-11-22; ``bench/attention.py`` and BENCHMARKS.md): cuDNN was the fastest kernel at every shape
 #: from 197 to 16,384 tokens (1.4-1.8x flash forward at >= 1,024 tokens), also with a boolean mask (3x the
@@ -110,7 +141,9 @@ BACKEND_RULES: list[BackendRule] = [
         "weights requested: only the eager path materialises them", lambda c: c.return_weights, ("eager",)
     ),
     BackendRule(
-        "score_mod/block_mask with dropout: Flex has no dropout", lambda c: c.flex and c.dropout, ("eager",)
+        "score_mod/block_mask with dropout: Flex has no dropout",
+        lambda c: c.flex and c.dropout,
+        ("eager",),
     ),
     BackendRule(
         "score_mod/block_mask needing grads on CPU: Flex has no CPU backward",
@@ -167,6 +200,58 @@ BACKEND_RULES: list[BackendRule] = [
         "CUDA otherwise (fp32, head_dim > 128)", lambda c: True, ("flash", "efficient", "cudnn", "math")
     ),
 ]
+BACKEND_RULES = _RuleTable(BACKEND_RULES)
+_SHIPPED_TABLE, _SHIPPED_RULES = BACKEND_RULES, tuple(BACKEND_RULES)
+_SHORT_TABLE: list[BackendRule] | None = BACKEND_RULES  # the shipped table, while it holds the shipped rules
+_SDPA = F.scaled_dot_product_attention
+
+
+def _short_call(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float | None) -> Tensor | None:
+    """The shipped rules' answer for a plain call, without a look-up: ``F.sdpa`` itself, or ``None``.
+
+    A plain call (unmasked ``auto``, no dropout, Flex or weights, outside ``force_backend``) goes to PyTorch's
+    own SDPA choice under the shipped ``BACKEND_RULES`` when it is not on CUDA, or when it is a short
+    half-precision CUDA call (the "host time dominates" rule).  Those calls are host-bound: their kernel
+    takes less time than issuing it, so this test reads the shapes once and compares them to the rules'
+    bounds instead of building and hashing a plan key (H100, (16, 12, 197, 64): ~3 us of a ~30 us call).
+    It also checks what validation checks of such a call (4-D, equal batch, heads and head_dim, ``v`` shaped
+    like ``k``); any call it does not take goes the validated way.  ``tests/mha`` checks it against
+    ``select_backend``.  Traced by ``torch.compile`` like any code: the graph is the same F.sdpa call.
+    """
+    if BACKEND_RULES is not _SHORT_TABLE or _STATE["forced"] is not None:
+        return None
+    try:
+        ks = k.shape
+        cuda = q.is_cuda
+        if cuda and (ks[-2] > 256 or ks[-1] > 128 or q.dtype not in _HALF):
+            return None  # (a long CUDA call leaves here, after two reads)
+        qs = q.shape
+        if (
+            len(qs) != 4
+            or v.shape != ks
+            or len(ks) != 4
+            or qs[0] != ks[0]
+            or qs[1] != ks[1]
+            or qs[3] != ks[3]
+            or (is_causal and qs[2] != ks[2])  # SDPA's is_causal is top-left aligned, ours bottom-right
+        ):
+            return None
+        if cuda and not (  # the rest of the "host time dominates" rule, after the decode-step rule
+            qs[2] != 1
+            and 0 < qs[0] * qs[1] <= 512
+            and (
+                ks[2] > 128
+                or torch.is_grad_enabled()
+                and (q.requires_grad or k.requires_grad or v.requires_grad)
+            )
+        ):
+            return None
+    except (AttributeError, TypeError, IndexError):  # not 4-D tensors: the validated way raises clearly
+        return None
+    _STATE["last"] = "sdpa"
+    if scale is not None:
+        return _SDPA(q, k, v, None, 0.0, is_causal, scale=scale)
+    return _SDPA(q, k, v, None, 0.0, True) if is_causal else _SDPA(q, k, v)
 
 
 def select_backend(call: AttentionCall) -> tuple[str, ...]:
@@ -215,8 +300,18 @@ def attention(
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
     """
-    plannable = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
+    plannable = (
+        mask is None
+        and backend == "auto"
+        and not dropout_p
+        and score_mod is None
+        and block_mask is None
+        and not return_weights
+    )
     if plannable:
+        out = _short_call(q, k, v, is_causal, scale)
+        if out is not None:
+            return out
         out = _run_plan(q, k, v, is_causal, scale)
         if out is not None:  # a signature seen (and validated) before: straight to its kernel
             return out
@@ -268,6 +363,9 @@ def _attend(
     """
     fast = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
     if fast and not plan_tried:
+        out = _short_call(q, k, v, is_causal, scale)
+        if out is not None:
+            return out
         out = _run_plan(q, k, v, is_causal, scale)
         if out is not None:
             return out

@@ -305,6 +305,8 @@ def test_rules_are_overridable(monkeypatch):
         ({"backend": "flash", "return_weights": True}, ValueError, "return_weights"),
         ({"dropout_p": 1.5}, ValueError, "dropout_p"),
         ({"q": [1.0]}, TypeError, "torch.Tensor"),
+        ({"k": torch.randn(1, 4, 5, 8), "v": torch.randn(1, 4, 5, 8)}, ValueError, "batch sizes differ"),
+        ({"v": torch.randn(1, 4, 5, 8)}, ValueError, "batch sizes differ"),  # SDPA would broadcast these
     ],
 )
 def test_bad_input_raises(kwargs, err, match):
@@ -314,7 +316,14 @@ def test_bad_input_raises(kwargs, err, match):
         mha.attention(args.pop("q"), args.pop("k"), args.pop("v"), **args)
 
 
-def test_auto_decisions_are_memoised_and_clearable():
+@pytest.fixture
+def no_short_call(monkeypatch):
+    """Plain CPU calls take ``_short_call`` (straight to F.sdpa); tests of the memo and plans behind it
+    switch it off."""
+    monkeypatch.setattr(mha.functional, "_SHORT_TABLE", None)
+
+
+def test_auto_decisions_are_memoised_and_clearable(no_short_call):
     mha.clear_backend_cache()
     q, k, v = qkv()
     mha.attention(q, k, v)
@@ -327,7 +336,7 @@ def test_auto_decisions_are_memoised_and_clearable():
     assert not mha.functional._DECISIONS
 
 
-def test_fast_path_plans_repeat_calls_and_keeps_results():
+def test_fast_path_plans_repeat_calls_and_keeps_results(no_short_call):
     """A repeated unmasked signature goes straight to its kernel call (a "plan"), with equal results."""
     mha.clear_backend_cache()
     plans = mha.functional._PLANS
@@ -387,3 +396,98 @@ def test_module_short_path_matches_the_general_path():
         torch.testing.assert_close(gs, gg, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="embed_dim=32"):
         m(torch.randn(2, 7, 16))
+
+
+class _FakeTensor:
+    """What ``_short_call`` reads of a tensor, so that its CUDA branch is testable on CPU."""
+
+    def __init__(self, shape, is_cuda, dtype, requires_grad=False):
+        self.shape, self.is_cuda, self.dtype, self.requires_grad = (
+            torch.Size(shape),
+            is_cuda,
+            dtype,
+            requires_grad,
+        )
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_short_call_takes_only_what_the_shipped_rules_send_to_sdpa(monkeypatch, cuda):
+    """``_short_call`` (plain calls straight to F.sdpa, no look-up) against ``select_backend``: every call it
+    takes, the rules send to ``("sdpa",)``; and on CUDA it takes every self-attention call they send there
+    (so the short path is not dead code)."""
+    from mha.functional import _short_call
+
+    ran = []
+    monkeypatch.setattr(mha.functional, "_SDPA", lambda *a, **kw: ran.append(1) or "sdpa")
+    taken = 0
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for b, h in ((1, 1), (16, 12), (32, 16), (64, 8)):
+            for n in (1, 64, 128, 129, 197, 256, 257, 1024):
+                for d in (64, 128, 256):
+                    for causal in (False, True):
+                        for grad in (False, True):
+                            q, k, v = (_FakeTensor((b, h, n, d), cuda, dtype, grad) for _ in "qkv")
+                            out = _short_call(q, k, v, causal, None)
+                            call = AttentionCall(
+                                device_type="cuda" if cuda else "cpu", dtype=dtype, head_dim=d, q_len=n,
+                                k_len=n, has_mask=False, is_causal=causal, gqa=False, dropout=False,
+                                flex=False, return_weights=False, requires_grad=grad, batch_heads=b * h,
+                            )  # fmt: skip
+                            rules = select_backend(call)
+                            if out is not None:
+                                taken += 1
+                                assert rules == ("sdpa",), call
+                            else:
+                                assert rules != ("sdpa",), call
+    assert taken == len(ran) > 0
+    # not taken: GQA, a different v head_dim, bottom-right causal with q_len != k_len, mismatched batch
+    q = _FakeTensor((2, 4, 197, 64), cuda, torch.bfloat16)
+    for k_shape, v_shape, causal in (
+        ((2, 2, 197, 64), (2, 2, 197, 64), False),
+        ((2, 4, 197, 64), (2, 4, 197, 32), False),
+        ((2, 4, 200, 64), (2, 4, 200, 64), True),
+        ((1, 4, 197, 64), (1, 4, 197, 64), False),
+    ):
+        k, v = _FakeTensor(k_shape, cuda, torch.bfloat16), _FakeTensor(v_shape, cuda, torch.bfloat16)
+        assert _short_call(q, k, v, causal, None) is None
+    flat = _FakeTensor((197,), cuda, torch.bfloat16)  # not 4-D: left to the validated way
+    assert _short_call(flat, flat, flat, False, None) is None
+
+
+def test_short_call_is_off_when_forced_or_rules_edited(monkeypatch):
+    q, k, v = qkv()
+    mha.attention(q, k, v)
+    assert mha.last_backend() == "sdpa"
+    with mha.force_backend("math"):
+        mha.attention(q, k, v)
+        assert mha.last_backend() == "math"
+    rule = mha.BackendRule("math for the test", lambda c: True, ("math",))
+    monkeypatch.setattr(mha.functional, "BACKEND_RULES", [rule])  # a new table
+    mha.attention(q, k, v)
+    assert mha.last_backend() == "math"
+
+
+def test_editing_the_rules_in_place_forgets_plans_and_short_path():
+    """``BACKEND_RULES`` edited in place (even an element replaced: same id, same length) takes effect on the
+    next call, without ``clear_backend_cache()``; putting the shipped rule back restores the short path."""
+    rules = mha.BACKEND_RULES
+    q, k, v = qkv(h=4, hkv=2)  # GQA: not a short call, so it makes a plan
+    mha.attention(q, k, v)
+    mha.attention(q, k, v)
+    assert mha.last_backend() == "sdpa" and mha.functional._PLANS
+    i = next(i for i, r in enumerate(rules) if r.reason.startswith("not CUDA"))
+    shipped = rules[i]
+    rules[i] = mha.BackendRule("math on CPU for the test", lambda c: c.device_type != "cuda", ("math",))
+    try:
+        assert mha.functional._SHORT_TABLE is None and not mha.functional._PLANS
+        mha.attention(q, k, v)
+        assert mha.last_backend() == "math"
+        mha.attention(*qkv())  # a plain call: not short while the table differs from the shipped one
+        assert mha.last_backend() == "math"
+    finally:
+        rules[i] = shipped
+    assert mha.functional._SHORT_TABLE is rules
+    mha.attention(*qkv())
+    assert mha.last_backend() == "sdpa"
+    mha.attention(q, k, v)
+    assert mha.last_backend() == "sdpa"
