@@ -500,7 +500,7 @@ def _decide(
 
 
 def clear_backend_cache() -> None:
-    """Forget memoised ``auto`` decisions (call after editing ``BACKEND_RULES`` in place)."""
+    """Forget memoised ``auto`` decisions and plans (editing ``BACKEND_RULES`` in place does this itself)."""
     _DECISIONS.clear()
     _PLANS.clear()
 
@@ -509,8 +509,8 @@ def clear_backend_cache() -> None:
 # A training loop calls attention with the same few signatures over and over.  Once a signature has been
 # validated and decided (the slow path above), its kernel call is kept as a "plan" keyed by everything the
 # validation and the rules read: shapes, dtypes, device, causality, grad mode and the rule table.  A later
-# call with that key skips ``_check_inputs`` and ``_decide`` and calls the kernel: at ViT sizes, where the
-# host time of a call is longer than the kernel, this is what keeps ``auto`` level with calling SDPA by hand.
+# call with that key skips ``_check_inputs`` and ``_decide`` and calls the kernel (calls that
+# ``_short_call`` takes, the host-bound ViT-sized ones among them, need no plan: they skip even the key).
 # Strides and the global SDPA flags are not in the key (reading them costs ~0.5 us a call): a "sdpa" plan
 # calls F.sdpa, which reads them itself; a one-kernel plan looks its kernel call up by them (one entry per
 # layout the slow path has decided and checked, up to 8), so an unseen layout is decided first.
