@@ -229,3 +229,27 @@ def test_plan_runs_the_kernel_it_reports(causal, grad):
         assert ours == ref, (kernel, ours ^ ref)
         torch.testing.assert_close(mha.attention(q, k, v, is_causal=causal), first, atol=0, rtol=0)
     mha.clear_backend_cache()
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_short_call_takes_host_bound_vit_calls(grad):
+    """A ViT-B-sized bf16 call (the shipped "host time dominates" rule) goes straight to F.sdpa on real CUDA
+    tensors, strided or not: no decision memo, no plan, the same output as F.sdpa, reported as "sdpa"; a
+    1k-token call does not (it is decided and planned)."""
+    mf = mha.functional
+    mha.clear_backend_cache()
+    for q, k, v in (
+        tuple(torch.randn(16, 12, 197, 64, device=DEV, dtype=torch.bfloat16) for _ in "qkv"),
+        strided_qkv(16, 12, 12, 197, 64),
+    ):
+        q, k, v = (t.detach().requires_grad_(grad) for t in (q, k, v))
+        out = mha.attention(q, k, v)
+        assert mha.last_backend() == "sdpa"
+        assert not mf._DECISIONS and not mf._PLANS
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=0, atol=0)
+        if grad:
+            out.sum().backward()
+    q, k, v = (torch.randn(2, 8, 1024, 64, device=DEV, dtype=torch.bfloat16) for _ in "qkv")
+    mha.attention(q, k, v)
+    assert mf._DECISIONS and mf._PLANS and mha.last_backend() != "sdpa"
+    mha.clear_backend_cache()
