@@ -135,6 +135,9 @@ def gpu_ms(fn: Callable[[], object], iters: int = 10) -> tuple[float, frozenset[
             fn()
         torch.cuda.synchronize()
     events = prof.key_averages()
+    # with TEARDOWN_CUPTI=1 Kineto finalizes CUPTI at the next CUDA runtime call after a profile; make that
+    # call now (a process whose last CUDA call was a profile waited for it forever at exit)
+    torch.cuda.synchronize()
     return sum(e.self_device_time_total for e in events) / iters / 1e3, frozenset(e.key for e in events)
 
 

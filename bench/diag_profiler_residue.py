@@ -2,8 +2,9 @@
 process?  ``bench/attention.py`` profiles each table's rows (GPU kernel time) after timing them, so every
 table after the first is timed after a profile.  Prints the host time per call (``bench.attention.host_us``,
 median of 40) of F.sdpa and ``mha.attention`` at (16,12,197,64) bf16 forward, before and after one profile,
-and after a second, in this process; then re-runs itself with ``TEARDOWN_CUPTI=1`` (Kineto's switch to
-finalize CUPTI when a profile ends).  Run from the repository root on a CUDA machine:
+and after a second, in this process, with ``TEARDOWN_CUPTI=0`` (what this PyTorch did without the variable);
+then re-runs itself with ``TEARDOWN_CUPTI=1`` (Kineto's switch to finalize CUPTI when a profile ends).
+Run from the repository root on a CUDA machine:
 ``python bench/diag_profiler_residue.py``.
 """
 
@@ -12,6 +13,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+os.environ.setdefault("TEARDOWN_CUPTI", "0")  # first Kineto's default here, then (re-run) the switch on
 
 import torch
 import torch.nn.functional as F
@@ -46,5 +49,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    if "TEARDOWN_CUPTI" not in os.environ:
+    if os.environ["TEARDOWN_CUPTI"] == "0":
         subprocess.run([sys.executable, __file__], env={**os.environ, "TEARDOWN_CUPTI": "1"}, check=True)
