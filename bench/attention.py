@@ -47,7 +47,8 @@ from pathlib import Path
 # Kineto leaves CUPTI attached after a profile unless told to finalize it: every later kernel launch of the
 # process then costs ~1.6-3x the host time (F.sdpa at ViT-B on an H100: 17-29 us before a profile, 28-54 us
 # after; bench/diag_profiler_residue.py).  The tables profile each shape after timing it, so without this
-# every table but the first would be timed with slower launches.  Set before torch is imported.
+# every table but the first would be timed with slower launches.  Kineto reads it when a profile ends, so
+# the scripts that import this module (host_overhead, kernel_small_shapes, the diagnostics) get it too.
 os.environ.setdefault("TEARDOWN_CUPTI", "1")
 
 import torch

@@ -7,11 +7,8 @@ validation comparisons, then the CUDA rule's bounds and the kernel report (= the
 ``python bench/diag_short_path_parts.py``.
 """
 
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("TEARDOWN_CUPTI", "1")
 
 import torch
 import torch.nn.functional as F

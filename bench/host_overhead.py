@@ -28,16 +28,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-# Kineto leaves CUPTI attached after a profile unless told to finalize it: every later kernel launch of the
-# process then costs ~1.6-3x the host time (F.sdpa at ViT-B on an H100: 17-29 us before a profile, 28-54 us
-# after; bench/diag_profiler_residue.py).  The tables profile each shape after timing it, so without this
-# every table but the first would be timed with slower launches.  Set before torch is imported.
-os.environ.setdefault("TEARDOWN_CUPTI", "1")
 
 import torch
 import torch.nn.functional as F

@@ -141,9 +141,7 @@ BACKEND_RULES: list[BackendRule] = [
         "weights requested: only the eager path materialises them", lambda c: c.return_weights, ("eager",)
     ),
     BackendRule(
-        "score_mod/block_mask with dropout: Flex has no dropout",
-        lambda c: c.flex and c.dropout,
-        ("eager",),
+        "score_mod/block_mask with dropout: Flex has no dropout", lambda c: c.flex and c.dropout, ("eager",)
     ),
     BackendRule(
         "score_mod/block_mask needing grads on CPU: Flex has no CPU backward",
@@ -300,14 +298,7 @@ def attention(
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
     """
-    plannable = (
-        mask is None
-        and backend == "auto"
-        and not dropout_p
-        and score_mod is None
-        and block_mask is None
-        and not return_weights
-    )
+    plannable = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
     if plannable:
         out = _short_call(q, k, v, is_causal, scale)
         if out is not None:
