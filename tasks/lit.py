@@ -83,10 +83,12 @@ class TaskModule(L.LightningModule):
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
-        """``train/epoch_time_s`` in metrics.csv: wall seconds of the epoch's training batches."""
+        """``train/epoch_time_s`` in metrics.csv: wall seconds of the epoch's training batches (under DDP
+        the slowest process's)."""
         start = getattr(self, "_epoch_start", None)
         if start is not None:
-            self.log("train/epoch_time_s", time.perf_counter() - start, on_epoch=True, sync_dist=False)
+            elapsed = time.perf_counter() - start
+            self.log("train/epoch_time_s", elapsed, on_epoch=True, sync_dist=True, reduce_fx="max")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.task.training_loss(self.model, batch)

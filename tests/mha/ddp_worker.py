@@ -58,7 +58,7 @@ def step(model: nn.Module, data, run: nn.Module | None = None) -> dict[str, torc
     """Forward (through ``run``, default ``model``), backward and one SGD step on ``model``'s parameters;
     returns the gradients and the updated parameters, on CPU."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss_of(run or model, *data).backward()
+    loss_of(model if run is None else run, *data).backward()
     grads = {f"grad.{n}": p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
     opt.step()
     return {**grads, **{f"param.{n}": p.detach().cpu().clone() for n, p in model.named_parameters()}}
