@@ -38,10 +38,17 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     import lightning as L
     import torch
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
 
-    from tasks.common import AtomicCheckpointIO, format_table, plot_metrics, save_artifacts, write_results
+    from tasks.common import (
+        AtomicCheckpointIO,
+        ResumableModelCheckpoint,
+        format_table,
+        plot_metrics,
+        save_artifacts,
+        write_results,
+    )
     from tasks.lit import LossProgressBar, TaskModule
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # log once, through Hydra's console + train.log
@@ -71,7 +78,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     trainer_cfg = OmegaConf.to_container(cfg.trainer)
     if trainer_cfg.get("precision") is None:
         trainer_cfg["precision"] = "bf16-mixed" if torch.cuda.is_available() else "32-true"
-    checkpoint = ModelCheckpoint(
+    checkpoint = ResumableModelCheckpoint(  # best over the whole training, across a resume
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=f"val/{task.monitor}",

@@ -1,13 +1,18 @@
-"""Atomic checkpoint writes: a crash mid-save never leaves a truncated ``last.ckpt`` behind."""
+"""Checkpoints that lose nothing: atomic writes (a crash mid-save never leaves a truncated ``last.ckpt``), and
+a best checkpoint that survives resuming into a new run folder."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -35,13 +40,63 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        try:  # make the rename itself durable
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-        except OSError:
+        _fsync_dir(path.parent)  # make the rename itself durable
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary file in ``dst``'s folder and ``os.replace``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, open(src, "rb") as g:
+            shutil.copyfileobj(g, f, 1 << 24)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
+
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose best checkpoint survives resuming into another folder.
+
+    ``train.py ckpt_path=.../last.ckpt`` resumes into a new Hydra run folder. Lightning's ``ModelCheckpoint``
+    then forgets the best score (its state is kept only when the folder is the same), so the resumed run's
+    "best" was picked among the epochs after the resume, and the final test could miss a better
+    checkpoint of the killed run. Here the killed run's best checkpoint is copied into the new folder
+    (atomically, by global rank 0) and its score restored, so "best" means best over the whole training.
+    If that file is gone, the score is dropped as well: the next validation saves a new best.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        with warnings.catch_warnings():  # "the dirpath has changed ... won't be reloaded": handled below
+            warnings.filterwarnings("ignore", message="The dirpath has changed")
+            super().load_state_dict(state_dict)
+        old_dir = state_dict.get("dirpath")
+        if old_dir is None or self.dirpath is None or Path(old_dir).resolve() == Path(self.dirpath).resolve():
             return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
+        old_best, score = state_dict.get("best_model_path") or "", state_dict.get("best_model_score")
+        if not old_best or score is None or not Path(old_best).is_file():
+            self.best_model_path = ""  # not the other folder's file: the next validation picks a best
+            return
+        new_best = Path(self.dirpath) / Path(old_best).name
+        if rank_zero_only.rank == 0:
+            atomic_copy(Path(old_best), new_best)
+        self.best_model_path = self.kth_best_model_path = str(new_best)
+        self.best_model_score = self.kth_value = score
+        self.best_k_models = {str(new_best): score}

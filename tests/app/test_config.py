@@ -6,7 +6,9 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +18,13 @@ from omegaconf import OmegaConf
 
 from tasks import TASKS, get_task, task_names
 from tasks.base import Task
-from tasks.common import AtomicCheckpointIO, format_table, warmup_cosine, write_results
+from tasks.common import (
+    AtomicCheckpointIO,
+    ResumableModelCheckpoint,
+    format_table,
+    warmup_cosine,
+    write_results,
+)
 from tests.conftest import REPO
 
 CONF = REPO / "conf"
@@ -137,3 +145,45 @@ def test_atomic_checkpoint_io(tmp_path: Path):
         io.save_checkpoint({"step": 2, "bad": Boom()}, path)
     assert torch.load(path)["step"] == 1, "a failed save must leave the previous checkpoint intact"
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary files left behind"
+
+
+def _checkpoint_state(folder: Path, best: Path | None, score: float | None) -> dict:
+    cb = ResumableModelCheckpoint(dirpath=folder, filename="best", monitor="val/acc", mode="max")
+    state = cb.state_dict()
+    state.update(best_model_path=str(best) if best else "", best_model_score=None)
+    if score is not None:
+        state.update(best_model_score=torch.tensor(score), best_k_models={str(best): torch.tensor(score)})
+        state.update(kth_best_model_path=str(best), kth_value=torch.tensor(score))
+    return state
+
+
+def test_best_checkpoint_survives_resume_into_a_new_folder(tmp_path: Path):
+    old, new = tmp_path / "run1" / "checkpoints", tmp_path / "run2" / "checkpoints"
+    old.mkdir(parents=True)
+    torch.save({"w": torch.arange(3)}, old / "best.ckpt")
+    cb = ResumableModelCheckpoint(dirpath=new, filename="best", monitor="val/acc", mode="max")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning's "won't be reloaded" warning no longer applies
+        cb.load_state_dict(_checkpoint_state(old, old / "best.ckpt", 0.9))
+    assert cb.best_model_path == str(new / "best.ckpt")
+    assert torch.equal(torch.load(new / "best.ckpt")["w"], torch.arange(3)), "the old best copied over"
+    assert float(cb.best_model_score) == pytest.approx(0.9) and list(cb.best_k_models) == [
+        str(new / "best.ckpt")
+    ]
+    assert [p.name for p in new.iterdir()] == ["best.ckpt"], "no temporary files left behind"
+    # a worse score after the resume does not replace it; a better one would (Lightning's own test)
+    one_process = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda x, **_: x))
+    assert not cb.check_monitor_top_k(one_process, torch.tensor(0.8))
+    assert cb.check_monitor_top_k(one_process, torch.tensor(0.95))
+
+
+def test_resume_without_the_old_best_file_picks_a_new_best(tmp_path: Path):
+    old, new = tmp_path / "run1" / "checkpoints", tmp_path / "run2" / "checkpoints"
+    cb = ResumableModelCheckpoint(dirpath=new, filename="best", monitor="val/acc", mode="max")
+    cb.load_state_dict(_checkpoint_state(old, old / "best.ckpt", 0.9))  # the file was deleted
+    assert cb.best_model_path == "" and cb.best_model_score is None and not new.exists()
+    same = ResumableModelCheckpoint(dirpath=old, filename="best", monitor="val/acc", mode="max")
+    same.load_state_dict(_checkpoint_state(old, old / "best.ckpt", 0.9))  # same folder: Lightning's way
+    assert same.best_model_path == str(old / "best.ckpt") and float(same.best_model_score) == pytest.approx(
+        0.9
+    )

@@ -13,6 +13,12 @@ def _global_step(ckpt: Path) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
 
 
+def _best_state(ckpt: Path) -> dict:
+    """The ModelCheckpoint state saved in ``ckpt``."""
+    callbacks = torch.load(ckpt, map_location="cpu", weights_only=False)["callbacks"]
+    return next(v for k, v in callbacks.items() if "ModelCheckpoint" in k)
+
+
 def test_train_few_steps_then_resume(tmp_path: Path):
     run1, run2 = tmp_path / "run1", tmp_path / "run2"
     proc = run_train(
@@ -51,6 +57,23 @@ def test_train_few_steps_then_resume(tmp_path: Path):
         int(r.split(",")[1]) for r in (run2 / "metrics.csv").read_text().splitlines()[1:] if r.split(",")[1]
     ]
     assert min(steps) >= 3, f"the resumed run logged steps {steps}: it restarted from 0"
+    best1, best2 = _best_state(run1 / "checkpoints/last.ckpt"), _best_state(run2 / "checkpoints/last.ckpt")
+    assert best2["best_model_path"] == str(run2 / "checkpoints/best.ckpt"), "best.ckpt left in the old folder"
+    assert float(best2["best_model_score"]) >= float(best1["best_model_score"]), "the old best was forgotten"
+
+    # resumed with no validation after the resume: "best" is still run1's best, copied into run3's folder
+    run3 = tmp_path / "run3"
+    args = [*TINY_VISION, "trainer.max_steps=4", "trainer.limit_val_batches=0", f"hydra.run.dir={run3}"]
+    proc = run_train([*args, f"ckpt_path={run1 / 'checkpoints/last.ckpt'}", f"paths.cache_dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best3 = _best_state(run3 / "checkpoints/last.ckpt")
+    assert best3["best_model_path"] == str(run3 / "checkpoints/best.ckpt")
+    assert float(best3["best_model_score"]) == float(best1["best_model_score"])
+    assert (run3 / "checkpoints/best.ckpt").read_bytes() == (run1 / "checkpoints/best.ckpt").read_bytes()
+    assert (
+        f"Loaded model weights from the checkpoint at {run3 / 'checkpoints/best.ckpt'}"
+        in proc.stdout + proc.stderr
+    )
 
 
 def test_multirun_sweep_runs_two_jobs(tmp_path: Path):
