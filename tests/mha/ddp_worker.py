@@ -1,11 +1,12 @@
 """One rank of ``tests/mha/test_mha_ddp.py``, launched by ``torch.distributed.run`` (not collected by pytest).
 
 Every rank builds the same encoder-decoder from ``mha`` (GQA, RoPE, qk-norm, a key padding mask, causal
-self-attention and cross-attention), wraps it in ``DistributedDataParallel``, runs its share of one batch
-forward and backward, takes one SGD step, and saves its gradients and updated parameters.  Rank 0 also runs
-the same model unwrapped on the whole batch: DDP's averaged gradients must equal that one-process result.
+self-attention and cross-attention), wraps it in ``DistributedDataParallel`` (or, with ``--fsdp``, shards
+it with FSDP2's ``fully_shard``), runs its share of one batch forward and backward, takes one SGD step, and
+saves its gradients and updated parameters (whole tensors).  Rank 0 also runs the same model unwrapped on
+the whole batch: the averaged gradients must equal that one-process result.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/mha/ddp_worker.py --out DIR
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/mha/ddp_worker.py --out DIR [--fsdp]
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 import mha
@@ -59,15 +62,22 @@ def step(model: nn.Module, data, run: nn.Module | None = None) -> dict[str, torc
     returns the gradients and the updated parameters, on CPU."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loss_of(model if run is None else run, *data).backward()
-    grads = {f"grad.{n}": p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
+    grads = {f"grad.{n}": _full(p.grad) for n, p in model.named_parameters()}
     opt.step()
-    return {**grads, **{f"param.{n}": p.detach().cpu().clone() for n, p in model.named_parameters()}}
+    return {**grads, **{f"param.{n}": _full(p) for n, p in model.named_parameters()}}
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of the whole tensor (FSDP2 keeps a shard per rank as a DTensor)."""
+    t = t.detach()
+    return (t.full_tensor() if isinstance(t, DTensor) else t).cpu().clone()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--compile", action="store_true", help="torch.compile the DDP-wrapped model")
+    parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard per layer) instead of DDP")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and os.environ.get("MHA_DDP_CPU") != "1"
     rank = int(os.environ["RANK"])
@@ -88,8 +98,13 @@ def main() -> None:
         torch.save(step(ref, data), Path(args.out) / "reference.pt")
     share = BATCH // world
     mine = tuple(t[rank * share : (rank + 1) * share] for t in data)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    result = step(model, mine, run=torch.compile(ddp) if args.compile else ddp)
+    if args.fsdp:  # every encoder / decoder layer, then the root, sharded across the ranks
+        for layer in [*model.encoder.layers, *model.decoder.layers]:
+            fully_shard(layer)
+        wrapped = fully_shard(model)
+    else:
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    result = step(model, mine, run=torch.compile(wrapped) if args.compile else wrapped)
     result["backend"] = mha.last_backend()
     torch.save(result, Path(args.out) / f"rank{rank}.pt")
     dist.barrier()

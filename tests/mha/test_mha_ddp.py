@@ -1,7 +1,8 @@
-"""``mha`` models under ``DistributedDataParallel``: two processes, each on half a batch, must produce the
-gradients and the SGD step of one process on the whole batch (``tests/mha/ddp_worker.py`` is one rank).
+"""``mha`` models under ``DistributedDataParallel`` and FSDP2 (``fully_shard``): two processes, each on half a
+batch, must produce the gradients and the SGD step of one process on the whole batch
+(``tests/mha/ddp_worker.py`` is one rank).
 
-The CPU run (gloo) is in CI; the CUDA runs (NCCL, eager and ``torch.compile``) need two GPUs:
+The CPU runs (gloo) are in CI; the CUDA runs (NCCL, eager and ``torch.compile``) need two GPUs:
 ``pytest -m gpu tests/mha/test_mha_ddp.py``.
 """
 
@@ -20,13 +21,21 @@ REPO = WORKER.parents[2]
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 
 
-def run_ranks(out: Path, *, cpu: bool, compile: bool = False, timeout: float = 300) -> dict[str, dict]:
+def run_ranks(
+    out: Path, *, cpu: bool, compile: bool = False, fsdp: bool = False, timeout: float = 300
+) -> dict[str, dict]:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     if cpu:
         env["MHA_DDP_CPU"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [str(WORKER), "--out", str(out), *(["--compile"] if compile else [])]
+    cmd += [
+        str(WORKER),
+        "--out",
+        str(out),
+        *(["--compile"] if compile else []),
+        *(["--fsdp"] if fsdp else []),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {name: torch.load(out / f"{name}.pt") for name in ("reference", "rank0", "rank1")}
@@ -44,12 +53,15 @@ def check_equal_to_one_process(res: dict[str, dict], atol: float, rtol: float) -
     assert r0["grad.head.weight"].abs().sum() > 0  # a real backward ran
 
 
-def test_ddp_gloo_cpu_matches_one_process(tmp_path):
-    check_equal_to_one_process(run_ranks(tmp_path, cpu=True), atol=1e-5, rtol=1e-4)
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_gloo_cpu_matches_one_process(tmp_path, fsdp):
+    check_equal_to_one_process(run_ranks(tmp_path, cpu=True, fsdp=fsdp), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.gpu
 @two_gpus
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-def test_ddp_nccl_matches_one_process(tmp_path, compile):
-    check_equal_to_one_process(run_ranks(tmp_path, cpu=False, compile=compile), atol=1e-4, rtol=1e-3)
+def test_nccl_matches_one_process(tmp_path, compile, fsdp):
+    res = run_ranks(tmp_path, cpu=False, compile=compile, fsdp=fsdp)
+    check_equal_to_one_process(res, atol=1e-4, rtol=1e-3)
