@@ -48,7 +48,7 @@ def check_equal_to_one_process(res: dict[str, dict], atol: float, rtol: float) -
     assert any("cross_attn" in n for n in names) and any("self_attn" in n for n in names)
     for name in ref:
         torch.testing.assert_close(r0[name], r1[name], atol=0, rtol=0, msg=f"{name} differs between ranks")
-        msg = f"{name}: DDP != one process on the whole batch"
+        msg = f"{name}: two processes != one process on the whole batch"
         torch.testing.assert_close(r0[name], ref[name], atol=atol, rtol=rtol, msg=msg)
     assert r0["grad.head.weight"].abs().sum() > 0  # a real backward ran
 
