@@ -7,11 +7,14 @@ compose config -> build the task (``task._target_``) -> data module + model -> T
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+log = logging.getLogger("train")
 
 
 def check_task_arg(argv: list[str]) -> None:
@@ -44,6 +47,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     from tasks.common import (
         AtomicCheckpointIO,
         ResumableModelCheckpoint,
+        SigtermCheckpoint,
         format_table,
         plot_metrics,
         save_artifacts,
@@ -86,11 +90,14 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
         save_last=True,
         save_top_k=1,
     )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    on_sigterm = SigtermCheckpoint(last)  # SIGTERM mid-fit: save this step's state, then exit 143
     trainer = instantiate(
         trainer_cfg,
         logger=CSVLogger(run_dir, name="", version=""),  # -> <run_dir>/metrics.csv
         callbacks=[
             checkpoint,
+            on_sigterm,
             LearningRateMonitor(logging_interval="step"),
             *(
                 [LossProgressBar(refresh_rate=cfg.progress_every)]  # tqdm + train/loss
@@ -102,13 +109,15 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
         gradient_clip_val=cfg.optim.grad_clip,
         default_root_dir=run_dir,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final state, even mid-epoch
+    with _exit_on_sigterm(on_sigterm):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
+    trainer.save_checkpoint(last)  # the final state, even mid-epoch
 
     rows: dict[str, dict[str, float]] = {}
     if cfg.run_test:
         best = "best" if checkpoint.best_model_path else None  # no validation ran: test the final weights
-        (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        with _exit_on_sigterm(on_sigterm):
+            (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
         rows[f"{task.name} (ours)"] = {k.removeprefix("test/"): float(v) for k, v in results.items()}
         rows.update(task.baselines(datamodule))
     if trainer.is_global_zero:
@@ -119,6 +128,26 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
         if cfg.save_artifacts:
             save_artifacts(task, module.model, datamodule, run_dir)  # with torch.compile off
     return rows
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm(on_sigterm):
+    """Lightning ends a run stopped by SIGTERM with ``SystemExit`` and status 0, as if it had finished; exit
+    with 143 (128 + SIGTERM) instead, saying where the state is."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except SIGTERMException:
+        if on_sigterm.saved_step is not None:
+            log.warning(
+                "SIGTERM: stopped at step %d; resume with ckpt_path=%s",
+                on_sigterm.saved_step,
+                on_sigterm.path,
+            )
+        else:
+            log.warning("SIGTERM: stopped after training; the final state is in %s", on_sigterm.path)
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 if __name__ == "__main__":

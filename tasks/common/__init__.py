@@ -1,12 +1,13 @@
 """Helpers shared by every task and by ``train.py``: checkpoint IO, schedules, results tables, plots."""
 
-from tasks.common.checkpoint import AtomicCheckpointIO, ResumableModelCheckpoint
+from tasks.common.checkpoint import AtomicCheckpointIO, ResumableModelCheckpoint, SigtermCheckpoint
 from tasks.common.report import format_table, plot_metrics, save_artifacts, write_results
 from tasks.common.schedule import warmup_cosine
 
 __all__ = [
     "AtomicCheckpointIO",
     "ResumableModelCheckpoint",
+    "SigtermCheckpoint",
     "format_table",
     "plot_metrics",
     "save_artifacts",

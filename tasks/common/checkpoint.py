@@ -1,5 +1,6 @@
-"""Checkpoints that lose nothing: atomic writes (a crash mid-save never leaves a truncated ``last.ckpt``), and
-a best checkpoint that survives resuming into a new run folder."""
+"""Checkpoints that lose nothing: atomic writes (a crash mid-save never leaves a truncated ``last.ckpt``), the
+current step saved when SIGTERM stops a run, and a best checkpoint that survives resuming into a new run
+folder."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -100,3 +103,22 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         self.best_model_path = self.kth_best_model_path = str(new_best)
         self.best_model_score = self.kth_value = score
         self.best_k_models = {str(new_best): score}
+
+
+class SigtermCheckpoint(Callback):
+    """Save the training state to ``path`` when SIGTERM stops ``fit`` (a scheduler's preemption, ``timeout``,
+    ``kill``), so ``ckpt_path=<path>`` resumes at the step where it stopped, not at the last validation.
+
+    Lightning turns SIGTERM into ``SIGTERMException`` at the next batch boundary, on every rank at the same
+    step (it broadcasts rank 0's flag), and calls ``on_exception`` before tearing down; the save goes through
+    the trainer, so it is atomic (``AtomicCheckpointIO``) and works under DDP.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.saved_step: int | None = None
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
+            trainer.save_checkpoint(self.path)
+            self.saved_step = trainer.global_step

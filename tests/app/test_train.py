@@ -1,12 +1,17 @@
-"""``python train.py`` end to end on CPU: a few steps, resume, ``-m`` sweeps and error paths (subprocess)."""
+"""``python train.py`` end to end on CPU: steps, resume, SIGTERM, ``-m`` sweeps, error paths (subprocess)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
 
-from tests.conftest import TINY_VISION, run_train
+from tests.conftest import REPO, TINY_VISION, run_train
 
 
 def _global_step(ckpt: Path) -> int:
@@ -108,3 +113,39 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path):
     )
     assert proc.returncode != 0
     assert "nope.ckpt does not exist" in proc.stderr
+
+
+def test_sigterm_saves_the_current_step_and_exits_143(tmp_path: Path):
+    """SIGTERM (a scheduler's preemption, ``timeout``) mid-fit: ``last.ckpt`` holds the step where it stopped,
+    the exit status says it did not finish (Lightning alone exits 0), and the run resumes from there."""
+    run1, run2 = tmp_path / "run1", tmp_path / "run2"
+    args = [*TINY_VISION, "trainer.max_steps=100000", f"paths.cache_dir={tmp_path}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={run1}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run1 / "checkpoints/last.ckpt").is_file():  # training has begun
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start training"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out[-3000:]
+    step = _global_step(run1 / "checkpoints/last.ckpt")
+    assert f"SIGTERM: stopped at step {step}; resume with ckpt_path={run1 / 'checkpoints/last.ckpt'}" in out
+    assert 2 <= step < 100000 and "Results on the test split" not in out
+    assert not list((run1 / "checkpoints").glob("*.tmp")), "temporary checkpoint files left behind"
+
+    resumed = run_train(
+        [
+            *TINY_VISION,
+            f"trainer.max_steps={step + 2}",
+            f"ckpt_path={run1 / 'checkpoints/last.ckpt'}",
+            f"hydra.run.dir={run2}",
+            f"paths.cache_dir={tmp_path}",
+        ]
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _global_step(run2 / "checkpoints/last.ckpt") == step + 2
