@@ -11,7 +11,12 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tasks.common import SigtermCheckpoint
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 log = logging.getLogger("train")
@@ -131,7 +136,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
 
 @contextlib.contextmanager
-def _exit_on_sigterm(on_sigterm):
+def _exit_on_sigterm(on_sigterm: SigtermCheckpoint) -> Iterator[None]:
     """Lightning ends a run stopped by SIGTERM with ``SystemExit`` and status 0, as if it had finished; exit
     with 143 (128 + SIGTERM) instead, saying where the state is."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
