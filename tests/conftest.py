@@ -53,11 +53,17 @@ TINY_TRANSLATION = [
 ]
 
 
-def run_train(args: list[str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python train.py *args`` in a subprocess (1 torch thread: the CI box has 2 shared cores)."""
+def train_command(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``python train.py *args`` and its environment (1 torch thread: the CI box has 2 shared cores)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore")
+    return [sys.executable, str(REPO / "train.py"), *args], env
+
+
+def run_train(args: list[str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python train.py *args`` in a subprocess (``train_command``)."""
+    cmd, env = train_command(args)
     return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
+        cmd,
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from tests.conftest import REPO, TINY_VISION, run_train
+from tests.conftest import REPO, TINY_VISION, run_train, train_command
 
 
 def _global_step(ckpt: Path) -> int:
@@ -120,9 +118,10 @@ def test_sigterm_saves_the_current_step_and_exits_143(tmp_path: Path):
     the exit status says it did not finish (Lightning alone exits 0), and the run resumes from there."""
     run1, run2 = tmp_path / "run1", tmp_path / "run2"
     args = [*TINY_VISION, "trainer.max_steps=100000", f"paths.cache_dir={tmp_path}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={run1}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd, env = train_command([*args, f"hydra.run.dir={run1}"])
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 180
         while not (run1 / "checkpoints/last.ckpt").is_file():  # training has begun

@@ -105,7 +105,6 @@ def main() -> None:
     else:
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     result = step(model, mine, run=torch.compile(wrapped) if args.compile else wrapped)
-    result["backend"] = mha.last_backend()
     torch.save(result, Path(args.out) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
