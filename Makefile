@@ -10,7 +10,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv and install the project with its dev tools
+# mha.attention's optional compiled entry (mha/_native.py): built once per install, skipped with a message
+# where no compiler is found (mha then runs its Python entry)
+$(VENV)/.native: $(VENV)/.installed mha/_native.py
+	$(PY) -m mha build
+	touch $@
+
+setup: $(VENV)/.native  ## create .venv, install the project with its dev tools, build mha's compiled entry
 
 train: setup  ## train task=vision on the embedded MNIST digits (pass ARGS="key=value ..." to override)
 	$(PY) train.py $(ARGS)
