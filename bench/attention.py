@@ -32,6 +32,7 @@ kernel time per call from torch.profiler, what the call costs once host time is 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import itertools
 import json
@@ -338,11 +339,13 @@ def module_rows(shape: tuple, backward: bool) -> list[dict]:
     grad = torch.randn_like(x)
     torch_mha = nn.MultiheadAttention(e, h, batch_first=True, device=DEVICE, dtype=DTYPE)
     ours = mha.MultiHeadAttention.from_torch(torch_mha)
+    ours_again = copy.deepcopy(ours)  # an A/A control: the spread of a row against its own twin
     causal_mask = (
         nn.Transformer.generate_square_subsequent_mask(n, device=DEVICE, dtype=DTYPE) if causal else None
     )
     fns: dict[str, Callable[[], torch.Tensor]] = {
         "ours MultiHeadAttention": lambda: ours(x, is_causal=causal)[0],
+        "ours again (A/A)": lambda: ours_again(x, is_causal=causal)[0],
         "nn.MultiheadAttention (default)": lambda: torch_mha(
             x, x, x, attn_mask=causal_mask, is_causal=causal
         )[0],
@@ -362,14 +365,14 @@ def module_rows(shape: tuple, backward: bool) -> list[dict]:
     for name in fns:
         t = timed[name]
         row = {"name": name, "ms": t["ms"], "host_us": t.get("host_us"), "gpu_ms": t["gpu_ms"], "err": None}
-        if name.startswith("ours"):
+        if name == "ours MultiHeadAttention":
             row["backend"] = t["backend"]
         elif isinstance(t["ms"], float) and isinstance(timed["ours MultiHeadAttention"]["ms"], float):
             mine = timed["ours MultiHeadAttention"]
             row["paired"] = {"ours": paired_ratio(t["samples"], mine["samples"])}
             row["same_kernels_as_ours"] = bool(t["kernels"]) and t["kernels"] == mine["kernels"]
         rows.append(row)
-    if isinstance(rows[0]["ms"], float) and isinstance(rows[2]["ms"], float):  # correctness guard
+    if isinstance(rows[0]["ms"], float) and isinstance(rows[3]["ms"], float):  # correctness guard
         with torch.no_grad():
             diff = (
                 fns["ours MultiHeadAttention"]().float()
