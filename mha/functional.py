@@ -946,9 +946,20 @@ def _install_native(module: object | None = None) -> tuple[Callable, str] | None
         "attention(q, k, v, *, mask=None, is_causal=False, scale=None, dropout_p=0.0, score_mod=None, "
         "block_mask=None, backend='auto', return_weights=False)\n--\n\n" + (_python_attention.__doc__ or "")
     )
-    entry = module.setup(_python_attention, _STATE, globals(), doc, __name__)
-    # torch.compile traces the Python function in its place: the same graph as without the entry
-    torch.compiler.substitute_in_graph(entry)(_python_attention)
+    try:
+        entry = module.setup(_python_attention, _STATE, globals(), doc, __name__)
+        # torch.compile traces the Python function in its place: the same graph as without the entry
+        torch.compiler.substitute_in_graph(entry)(_python_attention)
+    except Exception as err:  # noqa: BLE001 - never fail the import over an optional speed-up: say why
+        import warnings
+
+        warnings.warn(
+            f"mha: the compiled entry {module.__file__} could not be set up ({type(err).__name__}: {err}); "
+            "using the Python entry. Rebuild it with `python -m mha build`, or set MHA_NATIVE=0.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
     return entry, module.__file__
 
 

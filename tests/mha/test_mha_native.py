@@ -271,3 +271,27 @@ def test_cuda_calls_match_the_python_entry(entry, python_calls, shape, causal, g
         g_out = torch.autograd.grad(out.float().sum(), (q, k, v))
         g_ref = torch.autograd.grad(ref.float().sum(), (q, k, v))
         assert all(torch.equal(a, b) for a, b in zip(g_out, g_ref, strict=True))
+
+
+def test_a_broken_build_warns_and_keeps_the_python_entry():
+    class Broken:
+        __file__ = "/nowhere/mha_native.so"
+
+        @staticmethod
+        def setup(*args):
+            raise RuntimeError("undefined symbol: at::foo")
+
+    with pytest.warns(RuntimeWarning, match="undefined symbol.*python -m mha build"):
+        assert mf._install_native(Broken()) is None
+
+
+def test_load_without_a_build_or_when_off(monkeypatch, tmp_path):
+    monkeypatch.setenv(_native.ENV_DIR, str(tmp_path))
+    assert _native.load() is None  # nothing built there
+    folder = tmp_path / "native" / _native.module_name()
+    folder.mkdir(parents=True)
+    (folder / f"{_native.module_name()}.so").write_bytes(b"not a library")
+    with pytest.warns(RuntimeWarning, match="could not load the compiled entry"):
+        assert _native.load() is None  # a corrupt file: a warning, the Python entry
+    monkeypatch.setenv(_native.ENV_OFF, "0")
+    assert _native.load() is None
