@@ -19,7 +19,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import platform
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -128,12 +131,12 @@ PyObject* attention(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject
     if (!short_call_applies(q, k, v, is_causal)) goto python;
     std::optional<double> s;
     if (scale != Py_None) s = PyFloat_AS_DOUBLE(scale);
+    if (PyDict_SetItem(g_state, s_last, s_sdpa) < 0) return nullptr;  // before the call, as _short_call does
     at::Tensor out;
     {
       pybind11::gil_scoped_release no_gil;  // as torch's own bindings do
       out = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, is_causal, s);
     }
-    if (PyDict_SetItem(g_state, s_last, s_sdpa) < 0) return nullptr;
     return THPVariable_Wrap(std::move(out));
   }
 python:
@@ -176,26 +179,41 @@ def enabled() -> bool:
     return os.environ.get(ENV_OFF, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+_SUFFIX = ".pyd" if sys.platform == "win32" else ".so"  # what torch's extension builder writes
+
+
 def module_name() -> str:
-    """The built module's name: a hash of the source, torch's version and the Python ABI (a new one of any of
-    them needs a new build)."""
-    abi = str(torch._C._GLIBCXX_USE_CXX11_ABI)
-    key = "\n".join((SOURCE, torch.__version__, sys.version, sys.platform, abi))
+    """The built module's name: a hash of the source, torch's build and the Python ABI and platform (a new one
+    of any of them needs a new build)."""
+    torch_id = (torch.__version__, str(torch.version.git_version), str(torch._C._GLIBCXX_USE_CXX11_ABI))
+    key = "\n".join((SOURCE, *torch_id, sys.version, sys.platform, platform.machine()))
     return "mha_native_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def build_directory() -> Path:
-    """Where the module is built and looked for: ``$MHA_NATIVE_DIR`` or ``~/.cache/mha/native``."""
-    root = os.environ.get(ENV_DIR) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mha"
-    return Path(root) / "native" / module_name()
+    """Where the module is built and looked for: ``$MHA_NATIVE_DIR``, else ``$XDG_CACHE_HOME/mha`` or
+    ``~/.cache/mha``, then ``native/<module_name()>``."""
+    root = os.environ.get(ENV_DIR)
+    if not root:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = str(Path(cache) / "mha")
+    return Path(root).expanduser() / "native" / module_name()
 
 
-def build(verbose: bool = False) -> ModuleType:
-    """Compile the entry for this torch/Python install (needs a C++ compiler, ninja, the Python headers)."""
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile the entry for this torch/Python install (needs a C++ compiler, ninja, the Python headers) and
+    publish it atomically: built in a staging folder, then moved into ``build_directory()`` with a checksum
+    that ``load()`` verifies, so no process ever loads a half-written library.  Returns its path."""
     from torch.utils.cpp_extension import load_inline
 
-    path = build_directory()
-    path.mkdir(parents=True, exist_ok=True)
+    final = build_directory()
+    final.mkdir(parents=True, exist_ok=True)
+    name = module_name()
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
     # torch runs `ninja` from PATH: add the folders where pip puts it (this interpreter's, the ninja wheel's)
     dirs = [str(Path(sys.executable).parent)]
     try:
@@ -207,39 +225,56 @@ def build(verbose: bool = False) -> ModuleType:
     old_path = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join([*dirs, old_path])
     try:
-        return load_inline(
-            module_name(),
-            cpp_sources=SOURCE,
-            extra_cflags=["-O2"],
-            build_directory=str(path),
-            verbose=verbose,
+        load_inline(
+            name, cpp_sources=SOURCE, extra_cflags=["-O2"], build_directory=str(staging), verbose=verbose
         )
+        built = staging / f"{name}{_SUFFIX}"
+        digest = _digest(built)
+        target = final / f"{name}{_SUFFIX}"
+        os.replace(built, target)  # same file system: atomic
+        checksum = final / f"{name}.sha256"
+        tmp = staging / "sha256"
+        tmp.write_text(digest)
+        os.replace(tmp, checksum)
+        return target
     finally:
         os.environ["PATH"] = old_path
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def load() -> ModuleType | None:
-    """The built module, or ``None``: not built for this install, or turned off with ``MHA_NATIVE=0``."""
+    """The built module, or ``None``: not built for this install, turned off with ``MHA_NATIVE=0``, or not
+    loadable (a warning says why).  Never raises: the entry is an optional speed-up."""
     if not enabled():
         return None
-    name = module_name()
-    path = build_directory() / f"{name}.so"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        return None
     try:
+        name = module_name()
+        folder = build_directory()
+        path = folder / f"{name}{_SUFFIX}"
+        if not path.is_file():
+            return None
+        checksum = folder / f"{name}.sha256"
+        if not checksum.is_file() or checksum.read_text().strip() != _digest(path):
+            _warn(
+                f"mha: the compiled entry {path} does not match its checksum (an interrupted or foreign "
+                f"build); using the Python entry. Rebuild it with `{ENV_OFF}=0 python -m mha build`."
+            )
+            return None
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            return None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    except ImportError as err:  # a broken or foreign build: say so, and run on the Python entry
-        import warnings
-
-        warnings.warn(
-            f"mha: could not load the compiled entry {path} ({err}); using the Python entry. "
-            f"Rebuild it with `python -m mha build`, or set {ENV_OFF}=0.",
-            RuntimeWarning,
-            stacklevel=2,
+    except Exception as err:  # noqa: BLE001 - an unreadable cache, a broken library: say so, go on without
+        _warn(
+            f"mha: could not load the compiled entry ({type(err).__name__}: {err}); using the Python entry. "
+            f"Rebuild it with `{ENV_OFF}=0 python -m mha build`, or set {ENV_OFF}=0."
         )
         return None
     return module
