@@ -2,11 +2,13 @@
 
 Why: a plain call on a short sequence (ViT-B, (16, 12, 197, 64) bf16 forward) is host-bound: its kernel takes
 less time than issuing it, so the Python that validates the call and picks the kernel shows in its wall time
-(ours 0.92x F.sdpa with the Python short path on an H100 host; 0.96-0.97x with this entry:
-``bench/diag_cpp_entry.py``).  This entry does, in C++, exactly what ``mha.functional._short_call`` does for
-a plain call (the same checks, the same F.sdpa call, the same kernel report) and hands every other call, with
-its arguments untouched, to the Python ``attention``.  Under ``torch.compile`` the Python ``attention`` is
-traced in its place (``torch.compiler.substitute_in_graph``), so graphs are the same with or without it.
+(ours 0.92x F.sdpa with the Python short path on an H100 host; 0.95-0.97x with this entry:
+``bench/diag_cpp_entry.py``, ``bench/host_overhead.py``).  This entry does, in C++, exactly what
+``mha.functional._short_call`` does for a plain call (the same checks, the same F.sdpa call, the same kernel
+report) and hands every other call, with its arguments untouched, to the Python ``attention``.  It is
+published atomically with a checksum that ``load()`` verifies; ``load()`` never raises.  Under
+``torch.compile`` the Python ``attention`` is traced in its place (``torch.compiler.substitute_in_graph``), so
+graphs are the same with or without it.
 
 It is optional: nothing needs it, and ``mha`` never compiles anything at import.  Build it once per
 torch/Python install with ``python -m mha build`` (``make setup`` does; it needs a C++ compiler, ninja and
