@@ -244,6 +244,22 @@ def paired_ratio(ref: list[float], ours: list[float]) -> tuple[float, float, flo
     return q2, q1, q3
 
 
+def print_paired(fns: dict[str, Callable[[], torch.Tensor]], runs: int, ref: str = "F.sdpa") -> None:
+    """The diagnostics' report: ``runs`` interleaved timings of ``fns`` (``time_rows``, forward), each row's
+    wall and host time per call and its ratio to ``ref`` paired pass by pass (median and quartiles)."""
+    width = max(map(len, fns))
+    for run in range(runs):
+        t = time_rows(fns, None)
+        print(f"run {run}", flush=True)
+        for name in fns:
+            pr = paired_ratio(t[ref]["samples"], t[name]["samples"])
+            print(
+                f"   {name:{width}s} wall {t[name]['ms'] * 1e3:6.1f} us  host {t[name]['host_us']:6.1f} us  "
+                f"paired vs {ref} {pr[0]:.3f} ({pr[1]:.3f}-{pr[2]:.3f})",
+                flush=True,
+            )
+
+
 SAMPLES = 24
 GPU_ROUNDS = 3
 
@@ -361,6 +377,7 @@ def module_rows(shape: tuple, backward: bool) -> list[dict]:
     except ImportError:
         pass
     timed = time_rows(fns, grad if backward else None)
+    reference = "nn.MultiheadAttention need_weights=False"
     rows = []
     for name in fns:
         t = timed[name]
@@ -372,12 +389,9 @@ def module_rows(shape: tuple, backward: bool) -> list[dict]:
             row["paired"] = {"ours": paired_ratio(t["samples"], mine["samples"])}
             row["same_kernels_as_ours"] = bool(t["kernels"]) and t["kernels"] == mine["kernels"]
         rows.append(row)
-    if isinstance(rows[0]["ms"], float) and isinstance(rows[3]["ms"], float):  # correctness guard
+    if all(isinstance(timed[name]["ms"], float) for name in ("ours MultiHeadAttention", reference)):
         with torch.no_grad():
-            diff = (
-                fns["ours MultiHeadAttention"]().float()
-                - fns["nn.MultiheadAttention need_weights=False"]().float()
-            )
+            diff = fns["ours MultiHeadAttention"]().float() - fns[reference]().float()  # correctness guard
         rows[0]["err"] = diff.abs().max().item()
     flops = attn_flops(b, h, n, d, causal, backward) + 8 * b * n * e * e * (3 if backward else 1)
     ours_ms, ours_gpu = rows[0]["ms"], rows[0]["gpu_ms"]

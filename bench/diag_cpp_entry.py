@@ -186,16 +186,7 @@ def main() -> None:
         "C++ builtin, full signature": lambda: ext.builtin(q, k, v, is_causal=False),
         "C++ fastcall, full signature": lambda: ext.fast(q, k, v, is_causal=False),
     }
-    for run in range(3):
-        t = ba.time_rows(fns, None)
-        print(f"run {run}", flush=True)
-        for name in fns:
-            pr = ba.paired_ratio(t["F.sdpa"]["samples"], t[name]["samples"])
-            print(
-                f"   {name:28s} wall {t[name]['ms'] * 1e3:6.1f} us  host {t[name]['host_us']:6.1f} us  "
-                f"paired vs F.sdpa {pr[0]:.3f} ({pr[1]:.3f}-{pr[2]:.3f})",
-                flush=True,
-            )
+    ba.print_paired(fns, runs=3)
 
 
 if __name__ == "__main__":

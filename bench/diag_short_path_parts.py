@@ -141,16 +141,7 @@ def main() -> None:
         "+ CUDA bounds, report": lambda: full(q, k, v, is_causal=False),
         "mha.attention": lambda: mha.attention(q, k, v, is_causal=False),
     }
-    for run in range(2):
-        t = ba.time_rows(fns, None)
-        print(f"run {run}", flush=True)
-        for name in fns:
-            pr = ba.paired_ratio(t["F.sdpa"]["samples"], t[name]["samples"])
-            print(
-                f"   {name:24s} wall {t[name]['ms'] * 1e3:6.1f} us  host {t[name]['host_us']:6.1f} us  "
-                f"paired vs F.sdpa {pr[0]:.3f} ({pr[1]:.3f}-{pr[2]:.3f})",
-                flush=True,
-            )
+    ba.print_paired(fns, runs=2)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from . import _native
+from .functional import native_entry
 
 
 def _in_use_by_a_fresh_import() -> tuple[str | None, str]:
@@ -30,11 +31,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m mha build [--strict] [--force] [-v]", file=sys.stderr)
         return 2
     strict = "--strict" in argv
-    if "--force" not in argv:
-        path, _ = _in_use_by_a_fresh_import()
-        if path:
-            print(f"mha: compiled entry already built and in use: {path} (--force rebuilds it)")
-            return 0
+    if native_entry() and "--force" not in argv:  # (`python -m mha` has imported mha: loaded and checked)
+        print(f"mha: compiled entry already built and in use: {native_entry()} (--force rebuilds it)")
+        return 0
     try:
         target = _native.build(verbose="-v" in argv)
     except Exception as err:  # noqa: BLE001 - no compiler/ninja/headers: say why; mha keeps its Python entry

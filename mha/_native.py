@@ -18,6 +18,7 @@ the Python headers, ~40 s); later imports load the built module from ``~/.cache/
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -184,6 +185,7 @@ def enabled() -> bool:
 _SUFFIX = ".pyd" if sys.platform == "win32" else ".so"  # what torch's extension builder writes
 
 
+@functools.cache
 def module_name() -> str:
     """The built module's name: a hash of the source, torch's build and the Python ABI and platform (a new one
     of any of them needs a new build)."""
@@ -244,7 +246,8 @@ def build(verbose: bool = False) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
+    """A ``RuntimeWarning`` at the code that imported ``mha`` (the entry is optional: never an error)."""
     import warnings
 
     warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -263,7 +266,7 @@ def load() -> ModuleType | None:
             return None
         checksum = folder / f"{name}.sha256"
         if not checksum.is_file() or checksum.read_text().strip() != _digest(path):
-            _warn(
+            warn(
                 f"mha: the compiled entry {path} does not match its checksum (an interrupted or foreign "
                 f"build); using the Python entry. Rebuild it with `{ENV_OFF}=0 python -m mha build`."
             )
@@ -274,7 +277,7 @@ def load() -> ModuleType | None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except Exception as err:  # noqa: BLE001 - an unreadable cache, a broken library: say so, go on without
-        _warn(
+        warn(
             f"mha: could not load the compiled entry ({type(err).__name__}: {err}); using the Python entry. "
             f"Rebuild it with `{ENV_OFF}=0 python -m mha build`, or set {ENV_OFF}=0."
         )

@@ -936,28 +936,29 @@ def _install_native(module: object | None = None) -> tuple[Callable, str] | None
     """Set up the compiled entry (``module``, default: the built one ``_native.load()`` finds) and return it
     with its path; ``None`` when there is none.  Registers the Python ``attention`` as what ``torch.compile``
     traces in its place."""
-    if module is None:
-        from . import _native
+    import inspect
 
+    from . import _native
+
+    if module is None:
         module = _native.load()
         if module is None:
             return None
-    doc = (
-        "attention(q, k, v, *, mask=None, is_causal=False, scale=None, dropout_p=0.0, score_mod=None, "
-        "block_mask=None, backend='auto', return_weights=False)\n--\n\n" + (_python_attention.__doc__ or "")
+    # the builtin's text signature: the Python function's, without annotations (what inspect can parse back)
+    sig = inspect.signature(_python_attention)
+    bare = sig.replace(
+        parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+        return_annotation=sig.empty,
     )
+    doc = f"attention{bare}\n--\n\n{_python_attention.__doc__ or ''}"
     try:
         entry = module.setup(_python_attention, _STATE, globals(), doc, __name__)
         # torch.compile traces the Python function in its place: the same graph as without the entry
         torch.compiler.substitute_in_graph(entry)(_python_attention)
     except Exception as err:  # noqa: BLE001 - never fail the import over an optional speed-up: say why
-        import warnings
-
-        warnings.warn(
+        _native.warn(
             f"mha: the compiled entry {module.__file__} could not be set up ({type(err).__name__}: {err}); "
-            "using the Python entry. Rebuild it with `python -m mha build`, or set MHA_NATIVE=0.",
-            RuntimeWarning,
-            stacklevel=2,
+            f"using the Python entry. Rebuild it with `python -m mha build`, or set {_native.ENV_OFF}=0."
         )
         return None
     return entry, module.__file__
