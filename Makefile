@@ -5,17 +5,15 @@ PY := $(VENV)/bin/python
 
 .PHONY: train test lint setup
 
+# recbole's wheel carries MovieLens-100k (the recommendation default); the data alone is read, so it is
+# installed without its own dependencies (old pins such as ray<=2.6.3 that nothing here needs)
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[app,dev]'
+	$(PY) -m pip install --no-deps recbole==1.2.1
 	touch $@
 
-# mha.attention's optional compiled entry (mha/_native.py): built once per install; where it cannot be built
-# (no C++ compiler, say) mha runs its Python entry, and the next make tries again
-$(VENV)/.native: $(VENV)/.installed mha/_native.py
-	$(PY) -m mha build --strict && touch $@ || echo "mha: the Python entry is used (see above); make retries the build"
-
-setup: $(VENV)/.native  ## create .venv, install the project with its dev tools, build mha's compiled entry
+setup: $(VENV)/.installed  ## create .venv, install the project with the application and its dev tools
 
 train: setup  ## train task=vision on the embedded MNIST digits (pass ARGS="key=value ..." to override)
 	$(PY) train.py $(ARGS)

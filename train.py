@@ -10,35 +10,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
 if TYPE_CHECKING:
     from tasks.common import SigtermCheckpoint
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 log = logging.getLogger("train")
-
-
-def check_task_arg(argv: list[str]) -> None:
-    """Fail at once (before torch is imported) on ``task=<unknown>``, naming the known tasks."""
-    known = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
-    for arg in argv:
-        if arg.startswith("task=") and "(" not in arg:
-            for name in arg.removeprefix("task=").split(","):
-                if name not in known:
-                    sys.exit(
-                        f"error: unknown task {name!r}; known tasks: {', '.join(known)}. Use task=<name>."
-                    )
-
-
-if __name__ == "__main__":
-    check_task_arg(sys.argv[1:])
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -49,6 +32,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
 
+    from tasks.base import RunContext
     from tasks.common import (
         AtomicCheckpointIO,
         ResumableModelCheckpoint,
@@ -73,7 +57,12 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     elif cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
 
-    task = instantiate(cfg.task, _convert_="all")  # the Task subclass named by task._target_
+    run = RunContext(
+        name=HydraConfig.get().runtime.choices.task,  # task=<name>: conf/task/<name>.yaml
+        run_dir=run_dir,
+        resume_from=Path(cfg.ckpt_path) if cfg.ckpt_path is not None else None,
+    )
+    task = instantiate(cfg.task, _convert_="all", _partial_=True)(run=run)  # the class in task._target_
     datamodule = task.build_datamodule()
     model = task.build_model(datamodule)
     module = TaskModule(
@@ -115,14 +104,14 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
         default_root_dir=run_dir,
     )
     with _exit_on_sigterm(on_sigterm):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     trainer.save_checkpoint(last)  # the final state, even mid-epoch
 
     rows: dict[str, dict[str, float]] = {}
     if cfg.run_test:
         best = "best" if checkpoint.best_model_path else None  # no validation ran: test the final weights
         with _exit_on_sigterm(on_sigterm):
-            (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
+            (results,) = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
         rows[f"{task.name} (ours)"] = {k.removeprefix("test/"): float(v) for k, v in results.items()}
         rows.update(task.baselines(datamodule))
     if trainer.is_global_zero:

@@ -1,31 +1,9 @@
-"""Task packages. Importing ``tasks`` registers every task found under ``tasks/<name>/task.py``.
+"""Task packages: one folder ``tasks/<name>/`` per task, built by ``train.py`` from ``conf/task/<name>.yaml``.
 
-Adding a task is one folder ``tasks/<name>/`` (with ``task.py`` using ``@register("<name>")``) plus one
-``conf/task/<name>.yaml``; nothing else changes.
+Adding a task is one folder here plus one config file; nothing else changes. Importing ``tasks`` imports no
+task: a run of ``task=vision`` never loads translation's code.
 """
 
-from __future__ import annotations
+from tasks.base import RunContext, Task
 
-import importlib
-from pathlib import Path
-
-from tasks.base import TASKS, Task, get_task, register
-
-__all__ = ["TASKS", "Task", "get_task", "register", "task_names"]
-
-_NOT_TASKS = {"common"}
-
-
-def _import_task_packages() -> None:
-    here = Path(__file__).parent
-    for task_file in sorted(here.glob("*/task.py")):
-        if task_file.parent.name not in _NOT_TASKS:
-            importlib.import_module(f"tasks.{task_file.parent.name}.task")
-
-
-def task_names() -> list[str]:
-    """Names of the registered tasks, sorted."""
-    return sorted(TASKS)
-
-
-_import_task_packages()
+__all__ = ["RunContext", "Task"]

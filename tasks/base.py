@@ -1,9 +1,12 @@
 """The small surface every task exposes to ``train.py``.
 
-A task is built by Hydra from ``conf/task/<name>.yaml`` (``task._target_`` points at its class) and owns
-what is specific to it: data, model, loss, metrics, a non-attention baseline and its artefacts (plots,
-samples). Everything generic -- optimiser, schedule, clipping, precision, logging, checkpoints -- lives in
-the shared LightningModule (``tasks/lit.py``), which calls the methods below.
+A task is built by Hydra from ``conf/task/<name>.yaml``: the config group is the registry (``task=<name>``
+picks the file, its ``_target_`` names the :class:`Task` subclass, and nothing else lists tasks, so a run
+imports only its own task). A task owns what is specific to it: data, model, loss, metrics, a
+non-attention baseline and its artefacts (plots, samples). Everything generic -- optimiser, schedule,
+clipping, precision, logging, checkpoints -- lives in the shared LightningModule (``tasks/lit.py``), which
+calls the methods below. What a task needs to know about the run it is part of (the run folder, the
+checkpoint being resumed, the task's name) comes in one argument, :class:`RunContext`.
 
 Config layout (``conf/task/<name>.yaml`` is ``# @package _global_`` so a task can also set its own
 defaults for ``optim`` and ``trainer``; command-line overrides still win)::
@@ -22,6 +25,7 @@ defaults for ``optim`` and ``trainer``; command-line overrides still win)::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,48 +34,50 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
-TASKS: dict[str, type[Task]] = {}
 
+@dataclass(frozen=True)
+class RunContext:
+    """The run a task is part of; ``train.py`` builds it, tests and notebooks may leave it out.
 
-def register(name: str):
-    """Class decorator: make a :class:`Task` subclass reachable as ``task=<name>``."""
+    Attributes:
+        name: the task's name (``task=<name>``, the file name of ``conf/task/<name>.yaml``).
+        run_dir: the run folder; a task writes its own files (tokenizer, model card) there. ``None``: write
+            nothing (a task built outside ``train.py``).
+        resume_from: the checkpoint this run resumes (``ckpt_path=``), or ``None``.
+    """
 
-    def wrap(cls: type[Task]) -> type[Task]:
-        if name in TASKS and TASKS[name] is not cls:
-            raise ValueError(f"task name {name!r} is registered twice ({TASKS[name]} and {cls})")
-        cls.name = name
-        TASKS[name] = cls
-        return cls
-
-    return wrap
-
-
-def get_task(name: str) -> type[Task]:
-    """Look a task class up by name; unknown names raise with the list of known ones."""
-    import tasks  # noqa: F401  (importing the package registers every task)
-
-    if name not in TASKS:
-        known = ", ".join(sorted(TASKS)) or "(none)"
-        raise ValueError(f"unknown task {name!r}; known tasks: {known}. Pick one with task=<name>.")
-    return TASKS[name]
+    name: str
+    run_dir: Path | None = None
+    resume_from: Path | None = None
 
 
 class Task(ABC):
-    """One task head. Subclasses are registered with ``@register("name")``.
+    """One task head, named by its config file ``conf/task/<name>.yaml``.
 
     Args:
         data: keyword arguments for the task's data module (paths, batch size, splits, ...).
         model: keyword arguments for the task's model (sizes, dropout, ...).
+        run: the run this task is part of (default: no run folder, named after the task's package).
     """
 
-    name: ClassVar[str] = "?"
     #: metric the checkpoint callback watches (logged as ``val/<monitor>``) and whether higher is better.
     monitor: ClassVar[str] = "loss"
     monitor_mode: ClassVar[str] = "min"
 
-    def __init__(self, data: dict[str, Any] | None = None, model: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any] | None = None,
+        model: dict[str, Any] | None = None,
+        run: RunContext | None = None,
+    ) -> None:
         self.data_cfg = dict(data or {})
         self.model_cfg = dict(model or {})
+        self.run = run or RunContext(name=type(self).__module__.split(".")[1])
+
+    @property
+    def name(self) -> str:
+        """The task's name (``task=<name>``): labels its row of the results table."""
+        return self.run.name
 
     @abstractmethod
     def build_datamodule(self) -> L.LightningDataModule:

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metri
 from torch import nn
 
 from tasks.base import Task
+from tasks.common.checkpoint import TASK_KEY, check_checkpoint_matches
 from tasks.common.schedule import warmup_cosine
 
 
@@ -74,6 +75,16 @@ class TaskModule(L.LightningModule):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record which task and model configuration wrote the checkpoint (plain values: loadable with
+        ``weights_only=True``)."""
+        checkpoint[TASK_KEY] = {"task": self.task.name, "model": _plain(self.task.model_cfg)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, in one line, a checkpoint of another task or model configuration."""
+        where = self.task.run.resume_from or "(checkpoint)"
+        check_checkpoint_matches(checkpoint, self.task.name, _plain(self.task.model_cfg), where)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self._trainer is not None and self.trainer.training
@@ -196,6 +207,15 @@ def _logger_writes_step_metrics(trainer: L.Trainer) -> bool:
     (``_LoggerConnector.should_update_logs``, private in Lightning 2.6; True if it ever moves: log always)."""
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-like plain Python (tuples become lists), as a checkpoint stores it."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _batch_size(batch: Any) -> int | None:

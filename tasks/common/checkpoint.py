@@ -114,3 +114,76 @@ class SigtermCheckpoint(Callback):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
             trainer.save_checkpoint(self.path)
             self.saved_step = trainer.global_step
+
+
+#: key of a train.py checkpoint that records which task and model configuration wrote it
+TASK_KEY = "mha_suite"
+
+
+def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint written by ``train.py`` without running any code from it (``weights_only=True``).
+
+    Args:
+        path: the ``.ckpt`` file.
+        task: the task that should have written it; another task's checkpoint raises, naming both.
+
+    Returns:
+        The checkpoint dict: ``state_dict`` (model weights under ``model.``) and ``checkpoint[TASK_KEY]``
+        (``task``: the task's name, ``model``: its ``task.model`` config) besides Lightning's own keys.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable checkpoint (truncated, another format), or another task's.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass e.g. <run>/checkpoints/best.ckpt")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated zip, a text file, a pickle with code in it
+        why = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        raise ValueError(
+            f"checkpoint {path} cannot be read safely ({why}); "
+            "it is truncated, not a checkpoint, or holds objects other than tensors and plain values."
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ValueError(f"{path} is not a checkpoint written by train.py (no state_dict in it).")
+    written_by = (state.get(TASK_KEY) or {}).get("task")
+    if task is not None and written_by is not None and written_by != task:
+        raise ValueError(
+            f"checkpoint {path} was written by task={written_by}, not task={task}; pass a {task} checkpoint."
+        )
+    return state
+
+
+def model_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's weights from a ``train.py`` checkpoint (keys without the ``model.`` prefix; a compiled
+    model's ``_orig_mod.`` is dropped too)."""
+    out = {}
+    for key, value in state["state_dict"].items():
+        if key.startswith("model."):
+            out[key.removeprefix("model.").replace("_orig_mod.", "", 1)] = value
+    return out
+
+
+def check_checkpoint_matches(state: dict[str, Any], task: str, model_cfg: dict[str, Any], path: Any) -> None:
+    """Raise one clear line when checkpoint ``state`` was written by another task or another model
+    configuration than the run loading it (otherwise Lightning lists every mismatched tensor)."""
+    record = state.get(TASK_KEY)
+    if not record:
+        return  # written before checkpoints recorded their task: let the weights decide
+    if record.get("task") != task:
+        raise ValueError(
+            f"ckpt_path={path} was written by task={record.get('task')}; this run is task={task}. "
+            f"Pass task={record.get('task')}, or a checkpoint of task={task}."
+        )
+    saved = record.get("model") or {}
+    diff = sorted(k for k in set(saved) | set(model_cfg) if saved.get(k) != model_cfg.get(k))
+    if diff:
+        shown = ", ".join(
+            f"task.model.{k}={saved.get(k)!r} (this run: {model_cfg.get(k)!r})" for k in diff[:4]
+        )
+        raise ValueError(
+            f"ckpt_path={path} was written with other model settings: {shown}. Resume with the same "
+            "task.model overrides as the run that wrote it."
+        )

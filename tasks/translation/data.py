@@ -645,12 +645,12 @@ class TranslationDataModule(L.LightningDataModule):
         numbers, multi30k, files, bible: per-corpus settings; only the section of ``name`` is used.
         vocab_size: BPE vocabulary size (per tokenizer).
         shared_vocab: one tokenizer for both sides (default) or one per side.
-        resume_from: a checkpoint being resumed (the config passes ``${ckpt_path}``): its run folder's
-            tokenizer is reused, so token ids match the trained weights.
+        resume_from: a checkpoint being resumed (``RunContext.resume_from``): its run folder's tokenizer
+            is reused, so token ids match the trained weights.
         tokenizer: folder or file of a saved tokenizer to reuse (resume, fine-tune); ``None`` -> the one in
             ``output_dir`` if present, else train a new one.
-        output_dir: where the tokenizer is saved (``None``: the Hydra run folder when inside Hydra, else
-            not saved).
+        output_dir: where the tokenizer is saved (the run folder, ``RunContext.run_dir``; ``None``: not
+            saved).
         max_len: sentences are cut to this many tokens.
         batch_size: sentences per batch (used when ``max_tokens`` is ``None``).
         max_tokens: if set, training batches hold up to this many padded tokens per side (length-bucketed).
@@ -673,8 +673,8 @@ class TranslationDataModule(L.LightningDataModule):
         vocab_size: int = 1000,
         shared_vocab: bool = True,
         tokenizer: str | None = None,
-        resume_from: str | None = None,
-        output_dir: str | None = None,
+        resume_from: str | os.PathLike | None = None,
+        output_dir: str | os.PathLike | None = None,
         max_len: int = 256,
         batch_size: int = 128,
         max_tokens: int | None = None,
@@ -701,7 +701,7 @@ class TranslationDataModule(L.LightningDataModule):
         if tokenizer is None and resume_from:
             tokenizer = str(find_run_dir(resume_from))
         self.tokenizer_path = tokenizer
-        self.output_dir = Path(output_dir) if output_dir else _hydra_output_dir()
+        self.output_dir = Path(output_dir) if output_dir else None
         self.max_len, self.batch_size, self.max_tokens = max_len, batch_size, max_tokens
         self.eval_batch_size, self.num_workers, self.seed = eval_batch_size, num_workers, seed
         self.corpus: Corpus | None = None
@@ -856,18 +856,6 @@ def find_run_dir(path: str | os.PathLike) -> Path:
         f"no tokenizer.json beside {path} (looked in {', '.join(map(str, candidates))}); pass the run folder "
         "that holds the tokenizer saved with the checkpoint."
     )
-
-
-def _hydra_output_dir() -> Path | None:
-    """The Hydra run folder when running under Hydra, else ``None``."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        if HydraConfig.initialized():
-            return Path(HydraConfig.get().runtime.output_dir)
-    except Exception:  # hydra missing or not running: no run folder
-        return None
-    return None
 
 
 def copy_source_bleu(pairs: Sequence[Pair]) -> dict[str, float]:

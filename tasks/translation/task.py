@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 
-from tasks.base import Task, register
+from tasks.base import RunContext, Task
 
 from .data import PAD_ID, TranslationDataModule, copy_source_bleu, decode, pad_batch
 from .metrics import ChrF, ExactMatch, SacreBLEU
@@ -35,7 +35,6 @@ DEFAULT_DECODE: dict[str, Any] = {
 }
 
 
-@register("translation")
 class TranslationTask(Task):
     """Encoder-decoder translation on the ``mha`` core.
 
@@ -48,6 +47,8 @@ class TranslationTask(Task):
             ``loss``).
         num_attention_plots: test sentences whose cross-attention is saved as PNG.
         num_samples: test translations written to ``samples.txt`` (``samples.tsv`` holds all).
+        run: the run this task is part of: its tokenizer is saved into ``run.run_dir``, and a resumed
+            run (``run.resume_from``) reuses the tokenizer saved beside that checkpoint.
     """
 
     monitor = "bleu"
@@ -62,8 +63,9 @@ class TranslationTask(Task):
         monitor: str = "bleu",
         num_attention_plots: int = 4,
         num_samples: int = 50,
+        run: RunContext | None = None,
     ) -> None:
-        super().__init__(data, model)
+        super().__init__(data, model, run)
         unknown = set(decode or {}) - set(DEFAULT_DECODE)
         if unknown:
             raise ValueError(f"unknown task.decode keys {sorted(unknown)}; known: {sorted(DEFAULT_DECODE)}.")
@@ -94,7 +96,8 @@ class TranslationTask(Task):
     # -- building ----------------------------------------------------------------------------------------
 
     def build_datamodule(self) -> TranslationDataModule:
-        self.datamodule = TranslationDataModule(**self.data_cfg)
+        run = {"output_dir": self.run.run_dir, "resume_from": self.run.resume_from}
+        self.datamodule = TranslationDataModule(**run, **self.data_cfg)
         return self.datamodule
 
     def build_model(self, datamodule: L.LightningDataModule) -> Seq2SeqTransformer:

@@ -11,13 +11,12 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from tasks.base import Task, register
+from tasks.base import RunContext, Task
 from tasks.vision.augment import BatchAugment
 from tasks.vision.data import VisionDataModule
 from tasks.vision.model import ViT
 
 
-@register("vision")
 class VisionTask(Task):
     """Image classification.
 
@@ -30,6 +29,7 @@ class VisionTask(Task):
         tta_flip: at validation / test, average the logits of each image and its horizontal mirror
             (test-time augmentation; only for data where a mirrored image keeps its label).
         num_attention_images: test images drawn in ``attention_maps.png``.
+        run: the run this task is part of (:class:`~tasks.base.RunContext`).
     """
 
     monitor = "acc"
@@ -43,8 +43,9 @@ class VisionTask(Task):
         label_smoothing: float = 0.0,
         tta_flip: bool = False,
         num_attention_images: int = 8,
+        run: RunContext | None = None,
     ) -> None:
-        super().__init__(data, model)
+        super().__init__(data, model, run)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.augment = BatchAugment(**(augment or {}))

@@ -1,4 +1,4 @@
-"""Registry, config composition, schedule, report and checkpoint helpers (fast, in-process)."""
+"""Task look-up, config composition, schedule, report and checkpoint helpers (fast, in-process)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from tasks import TASKS, get_task, task_names
 from tasks.base import Task
 from tasks.common import (
     AtomicCheckpointIO,
@@ -38,19 +37,24 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=[*overrides, "paths.output_dir=/tmp/mha-suite-test"])
 
 
-def test_registry_knows_every_task_config():
-    assert "vision" in task_names()
-    assert get_task("vision").__name__ == "VisionTask"
-    assert set(TASK_CONFIGS) <= set(TASKS), "every conf/task/<name>.yaml needs a registered task <name>"
-    with pytest.raises(ValueError, match=r"unknown task 'nope'; known tasks: .*vision"):
-        get_task("nope")
+def test_a_task_run_imports_only_its_own_task():
+    """The config group is the registry: building task=vision imports no other task's package."""
+    code = (
+        "import sys; from hydra.utils import get_class; "
+        "cls = get_class('tasks.vision.task.VisionTask'); "
+        "others = sorted(m for m in sys.modules if m.startswith('tasks.') and m.split('.')[1] not in "
+        "('vision', 'base', 'common', 'lit')); print(others)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", f"task=vision imported {out.stdout.strip()}"
 
 
 @pytest.mark.parametrize("name", TASK_CONFIGS)
 def test_every_task_config_composes(name: str):
     cfg = _compose([f"task={name}"])
     cls = get_class(cfg.task._target_)
-    assert issubclass(cls, Task) and cls.name == name
+    assert issubclass(cls, Task)
+    assert cls.__module__ == f"tasks.{name}.task", "the folder and the config file share the task's name"
     # everything but the Hydra-runtime paths resolves
     OmegaConf.to_container(cfg.task, resolve=True)
     OmegaConf.to_container(cfg.optim, resolve=True)
@@ -104,7 +108,8 @@ def test_unknown_task_fails_fast_with_the_list():
     )
     elapsed = time.perf_counter() - start
     assert proc.returncode != 0
-    assert "unknown task 'nope'" in proc.stderr and "vision" in proc.stderr
+    assert "Could not find 'task/nope'" in proc.stderr and "vision" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, "one clear message, not a traceback"
     assert elapsed < 20, f"task=nope took {elapsed:.1f}s: it should fail before torch is imported"
 
 

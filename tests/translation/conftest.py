@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from tasks.base import RunContext
 from tasks.translation.data import TranslationDataModule
 from tasks.translation.model import Seq2SeqTransformer
 from tasks.translation.task import TranslationTask
@@ -69,9 +70,10 @@ def trained(tmp_path_factory) -> Trained:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("run")
     task = TranslationTask(
-        data={**TINY_DATA, "output_dir": str(out)},
+        data=TINY_DATA,
         model=TINY_MODEL,
         decode={"beam_size": 3, "val_sentences": 8},
+        run=RunContext("translation", run_dir=out),
     )
     dm = task.build_datamodule()
     model = task.build_model(dm)

@@ -9,16 +9,11 @@ import pytest
 import sacrebleu
 import torch
 
-from tasks import get_task
 from tasks.translation import metrics as tm
 from tasks.translation.data import PAD_ID, TranslationDataModule
 from tasks.translation.task import MODEL_FILE, TranslationTask
 from tasks.translation.translate import Translator, main
 from tests.conftest import TINY_TRANSLATION, run_train
-
-
-def test_registered():
-    assert get_task("translation") is TranslationTask
 
 
 def test_metrics_match_sacrebleu_and_survive_byte_packing():
