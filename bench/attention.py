@@ -495,7 +495,6 @@ def main() -> None:
         "device": device_name,
         "torch": torch.__version__,
         "cudnn": torch.backends.cudnn.version(),
-        "entry": "compiled" if mha.native_entry() else "Python",
         "date": str(datetime.date.today()),
         "command": "python bench/attention.py " + " ".join(sys.argv[1:]),
     }
@@ -542,7 +541,7 @@ def render(results: list[dict]) -> str:
         meta = res.get("meta", {})
         line = (
             f"{meta.get('date')}: {meta.get('device')}, torch {meta.get('torch')}, "
-            f"cuDNN {meta.get('cudnn')}, bf16, `mha.attention` entry: {meta.get('entry', 'Python')}, "
+            f"cuDNN {meta.get('cudnn')}, bf16, "
             f"`{meta.get('command')}`"
         )
         if line not in runs:

@@ -18,7 +18,6 @@ from .functional import (
     clear_backend_cache,
     force_backend,
     last_backend,
-    native_entry,
     select_backend,
 )
 from .masks import and_masks, causal_mask, padding_mask, sliding_window_mask, torch_to_sdpa_mask
@@ -38,7 +37,6 @@ __all__ = [
     "force_backend",
     "clear_backend_cache",
     "select_backend",
-    "native_entry",
     "AttentionCall",
     "BackendRule",
     "BACKEND_RULES",

@@ -29,7 +29,6 @@ __all__ = [
     "AttentionCall",
     "BackendRule",
     "BACKEND_RULES",
-    "native_entry",
 ]
 
 BACKENDS = ("auto", "sdpa", "cudnn", "flash", "efficient", "math", "flex", "eager")
@@ -298,9 +297,6 @@ def attention(
     Returns:
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
-
-    Built with ``python -m mha build``, a compiled entry takes the plain calls of short sequences (no Python
-    between the call and F.sdpa) and hands every other call here: ``native_entry()``, ``mha/_native.py``.
     """
     plannable = _plannable(mask, backend, dropout_p, score_mod, block_mask, return_weights)
     if plannable:
@@ -918,50 +914,3 @@ def _first_usable(
     except (RuntimeError, TypeError):  # an older/newer signature: let SDPA's priority list decide
         return order
     return order
-
-
-# The compiled entry (``mha/_native.py``), when built for this install: it takes the plain calls that
-# ``_short_call`` takes, with the same checks, and hands every other call to the Python ``attention`` above.
-_python_attention = attention
-
-
-def native_entry() -> str | None:
-    """Path of the compiled entry ``mha.attention`` uses, or ``None`` (the Python entry).
-
-    See ``mha/_native.py``: build it with ``python -m mha build``, turn it off with ``MHA_NATIVE=0``."""
-    return _NATIVE_PATH
-
-
-def _install_native(module: object | None = None) -> tuple[Callable, str] | None:
-    """Set up the compiled entry (``module``, default: the built one ``_native.load()`` finds) and return it
-    with its path; ``None`` when there is none.  Registers the Python ``attention`` as what ``torch.compile``
-    traces in its place."""
-    import inspect
-
-    from . import _native
-
-    if module is None:
-        module = _native.load()
-        if module is None:
-            return None
-    # the builtin's text signature: the Python function's, without annotations (what inspect can parse back)
-    sig = inspect.signature(_python_attention)
-    bare = sig.replace(
-        parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
-        return_annotation=sig.empty,
-    )
-    doc = f"attention{bare}\n--\n\n{_python_attention.__doc__ or ''}"
-    try:
-        entry = module.setup(_python_attention, _STATE, globals(), doc, __name__)
-        # torch.compile traces the Python function in its place: the same graph as without the entry
-        torch.compiler.substitute_in_graph(entry)(_python_attention)
-    except Exception as err:  # noqa: BLE001 - never fail the import over an optional speed-up: say why
-        _native.warn(
-            f"mha: the compiled entry {module.__file__} could not be set up ({type(err).__name__}: {err}); "
-            f"using the Python entry. Rebuild it with `python -m mha build`, or set {_native.ENV_OFF}=0."
-        )
-        return None
-    return entry, module.__file__
-
-
-attention, _NATIVE_PATH = _install_native() or (_python_attention, None)
