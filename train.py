@@ -118,7 +118,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
         plot_metrics(run_dir / "metrics.csv", run_dir / "plots")
         if rows:
             write_results(rows, run_dir / "results.csv")
-            print(f"\nResults on the test split ({run_dir}):\n{format_table(rows)}")
+            print(f"\nResults on the test split ({run_dir}):\n{format_table(rows, task.metric_scales)}")
         if cfg.save_artifacts:
             save_artifacts(task, module.model, datamodule, run_dir)  # with torch.compile off
     return rows

@@ -63,6 +63,8 @@ class Task(ABC):
     #: metric the checkpoint callback watches (logged as ``val/<monitor>``) and whether higher is better.
     monitor: ClassVar[str] = "loss"
     monitor_mode: ClassVar[str] = "min"
+    #: the range of each reported metric, shown in the results table's header (every row uses it)
+    metric_scales: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,

@@ -32,10 +32,12 @@ def _metric_names(rows: dict[str, dict[str, float]]) -> list[str]:
     return names
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """A plain-text table, one row per model / baseline, one column per metric (missing: ``-``)."""
+def format_table(rows: dict[str, dict[str, float]], scales: dict[str, str] | None = None) -> str:
+    """A plain-text table, one row per model / baseline, one column per metric (missing: ``-``); a metric
+    with an entry in ``scales`` shows it in its header (``bleu [0-100]``)."""
     names = _metric_names(rows)
-    header = ["model", *names]
+    scales = scales or {}
+    header = ["model", *(f"{n} [{scales[n]}]" if n in scales else n for n in names)]
     body = [[row, *(f"{m[n]:.4f}" if n in m else "-" for n in names)] for row, m in rows.items()]
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"

@@ -856,15 +856,3 @@ def find_run_dir(path: str | os.PathLike) -> Path:
         f"no tokenizer.json beside {path} (looked in {', '.join(map(str, candidates))}); pass the run folder "
         "that holds the tokenizer saved with the checkpoint."
     )
-
-
-def copy_source_bleu(pairs: Sequence[Pair]) -> dict[str, float]:
-    """The copy-the-source baseline: BLEU / chrF / exact match of the untranslated source."""
-    import sacrebleu
-
-    hyps, refs = [p[0] for p in pairs], [p[1] for p in pairs]
-    return {
-        "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
-        "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
-        "exact_match": 100.0 * sum(h == r for h, r in zip(hyps, refs, strict=True)) / max(1, len(refs)),
-    }

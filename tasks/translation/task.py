@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torchmetrics import MetricCollection
 
 from tasks.base import RunContext, Task
 
-from .data import PAD_ID, TranslationDataModule, copy_source_bleu, decode, pad_batch
+from .data import PAD_ID, Pair, TranslationDataModule, decode, pad_batch
 from .metrics import ChrF, ExactMatch, SacreBLEU
 from .model import Seq2SeqTransformer
 from .search import LENGTH_PENALTIES, translate_ids
@@ -53,6 +54,7 @@ class TranslationTask(Task):
 
     monitor = "bleu"
     monitor_mode = "max"
+    metric_scales = {"bleu": "0-100", "chrf": "0-100", "exact_match": "0-1"}
 
     def __init__(
         self,
@@ -173,8 +175,7 @@ class TranslationTask(Task):
     def baselines(self, datamodule: L.LightningDataModule) -> dict[str, dict[str, float]]:
         """Copy-the-source: BLEU / chrF / exact match of the untranslated test sources."""
         datamodule.prepare()
-        scores = copy_source_bleu(datamodule.corpus.test)
-        return {"copy source": scores}
+        return {"copy source": copy_source_scores(datamodule.corpus.test)}
 
     def _dm(self) -> TranslationDataModule:
         if self.datamodule is None:
@@ -218,6 +219,14 @@ class TranslationTask(Task):
             plot_cross_attention(
                 model, dm, test[i][0], self._test_hyps[i], plot_dir / f"cross_attention_{k}.png"
             )
+
+
+def copy_source_scores(pairs: Sequence[Pair]) -> dict[str, float]:
+    """The copy-the-source baseline: each metric of the task's own :class:`MetricCollection` (so the same
+    scale as the model's row: BLEU and chrF 0-100, exact match 0-1) on the untranslated sources."""
+    metrics = TranslationTask().build_metrics()
+    metrics.update([p[0] for p in pairs], [p[1] for p in pairs])
+    return {name: float(value) for name, value in metrics.compute().items()}
 
 
 def write_model_file(

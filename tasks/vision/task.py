@@ -34,6 +34,7 @@ class VisionTask(Task):
 
     monitor = "acc"
     monitor_mode = "max"
+    metric_scales = {"acc": "0-1"}
 
     def __init__(
         self,

@@ -131,6 +131,7 @@ def test_results_table_and_csv(tmp_path: Path):
     table = format_table(rows)
     assert "vision (ours)" in table and "0.9800" in table and "majority class" in table
     assert table.splitlines()[3].startswith("| vision (ours)")
+    assert "| acc [0-1] |" in format_table(rows, {"acc": "0-1"}).splitlines()[1]
     write_results(rows, tmp_path / "r.csv")
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0] == "model,loss,acc" and lines[2] == "majority class,,0.1"

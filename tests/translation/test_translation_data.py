@@ -17,7 +17,6 @@ from tasks.translation.data import (
     TranslationDataModule,
     bible_corpus,
     collate,
-    copy_source_bleu,
     decode,
     encode,
     files_corpus,
@@ -31,6 +30,7 @@ from tasks.translation.data import (
     read_parallel,
     train_tokenizer,
 )
+from tasks.translation.task import copy_source_scores
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 MULTI30K = SHARED / "multi30k"
@@ -154,7 +154,7 @@ def test_multi30k_upstream_sizes():
         "A man in an orange hat starring at something.",
         "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
     )
-    copy = copy_source_bleu(corpus.test)
+    copy = copy_source_scores(corpus.test)
     assert 0 < copy["bleu"] < 10 and copy["exact_match"] == 0.0
 
 

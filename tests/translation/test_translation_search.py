@@ -21,15 +21,19 @@ def test_training_steps_reduce_the_loss(trained):
     assert math.isfinite(last) and last < 0.5 * first
 
 
-def test_incremental_decoder_equals_full_forward(trained):
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "autograd"])
+def test_incremental_decoder_equals_full_forward(trained, grad):
+    """Real decoding runs without autograd, where the cache writes into its pre-allocated buffer in place:
+    both modes must equal the full forward."""
     model = trained.model
     src = _test_src(trained, 6)
     tgt_in = pad_batch([[BOS_ID, *ids] for ids in trained.dm.datasets["test"].tgt_ids[:6]])
     tgt_in = tgt_in[:, :5]
-    memory, memory_pad = model.encode(src)
-    full = model.decode(tgt_in, memory, memory_pad)[0]
-    cache = model.make_cache()
-    steps = [model.decode(tgt_in[:, t : t + 1], memory, memory_pad, cache=cache)[0] for t in range(5)]
+    with torch.set_grad_enabled(grad):
+        memory, memory_pad = model.encode(src)
+        full = model.decode(tgt_in, memory, memory_pad)[0]
+        cache = model.make_cache(8)  # pre-allocated, longer than the steps: only the filled part counts
+        steps = [model.decode(tgt_in[:, t : t + 1], memory, memory_pad, cache=cache)[0] for t in range(5)]
     assert cache.seq_len == 5
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
 
@@ -99,6 +103,33 @@ def test_search_stops_at_eos_per_sentence_and_respects_limits():
     # row 0 stops at EOS after 4 tokens; row 1 after 1; row 2 would need 7 but its limit is 1 * 1 + 2 = 3
     assert greedy == [[10, 11, 12, 13], [10], [10, 11, 12]]
     assert beam_search(model, src, beam_size=3, use_cache=False, max_len_a=1.0, max_len_b=2) == greedy
+
+
+class _ShortOrLong(_Scripted):
+    """After BOS: EOS or token A (10), each with p 0.5; after A: EOS 0.7, B (11) 0.3; then EOS. The short
+    hypothesis [] scores log 0.5 = -0.69, the long one [A] log 0.35 = -1.05 over two steps."""
+
+    def decode(self, tgt_in, memory, memory_pad, cache=None, need_weights=False):
+        rows, steps = tgt_in.shape
+        logits = torch.full((rows, steps, self.vocab), -1e4)
+        last = tgt_in[:, -1]
+        table = {BOS_ID: {EOS_ID: 0.5, 10: 0.5}, 10: {EOS_ID: 0.7, 11: 0.3}}
+        for r in range(rows):
+            for token, prob in table.get(int(last[r]), {EOS_ID: 1.0}).items():
+                logits[r, -1, token] = math.log(prob)
+        return logits, None
+
+
+def test_length_penalty_decides_between_a_short_and_a_long_hypothesis():
+    """Finished hypotheses are ranked by score / length_penalty: with no penalty the short one wins
+    (-0.69 > -1.05); with lp = len (-1.05 / 2 = -0.53 > -0.69) the long one; gnmt at alpha 1 divides the
+    long one by 7/6 only (-0.90): the short one again."""
+    src = torch.tensor([[5, 6]])
+    run = lambda **kw: beam_search(_ShortOrLong(), src, beam_size=2, use_cache=False, **kw)  # noqa: E731
+    assert run(lp_style="none") == [[]]
+    assert run(lp_style="length", alpha=1.0) == [[10]]
+    assert run(lp_style="gnmt", alpha=1.0) == [[]]
+    assert run(lp_style="gnmt", alpha=3.0) == [[10]]  # ((5 + 2) / 6) ** 3 = 1.59: -1.05 / 1.59 = -0.66
 
 
 def test_length_penalty_styles():

@@ -11,7 +11,7 @@ import torch
 
 from tasks.translation import metrics as tm
 from tasks.translation.data import PAD_ID, TranslationDataModule
-from tasks.translation.task import MODEL_FILE, TranslationTask
+from tasks.translation.task import MODEL_FILE, TranslationTask, copy_source_scores
 from tasks.translation.translate import Translator, main
 from tests.conftest import TINY_TRANSLATION, run_train
 
@@ -80,6 +80,17 @@ def test_baseline_and_artifacts(trained, tmp_path):
     pngs = sorted((tmp_path / "plots").glob("cross_attention_*.png"))
     assert len(pngs) == 4 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / MODEL_FILE).is_file()
+
+
+def test_copy_source_baseline_uses_the_models_scales():
+    """One scale per metric: exact match is a fraction (0-1) in the baseline row as in the model's row;
+    BLEU and chrF are sacreBLEU's 0-100 in both."""
+    pairs = [("ein Hund", "ein Hund"), ("zwei  Katzen", "zwei Katzen"), ("a cat", "eine Katze"), ("x", "y")]
+    hyps, refs = [p[0] for p in pairs], [p[1] for p in pairs]
+    scores = copy_source_scores(pairs)
+    assert scores["exact_match"] == pytest.approx(0.5)  # whitespace-normalised, as the model's ExactMatch
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
 
 
 def test_translator_and_cli_load_checkpoint_with_its_tokenizer(trained, tmp_path, capsys):

@@ -53,6 +53,22 @@ def test_stratified_split_covers_everything():
     assert sorted(torch.cat(parts).tolist()) == list(range(70))
 
 
+def test_stratified_split_proportions_and_seeds():
+    """Each class is cut by the fractions (stratified); another seed picks other images for each part
+    (as sets, not only in another order), and the same seed the same ones."""
+    labels = torch.arange(5).repeat_interleave(40)  # 5 classes x 40 images
+    train, val, test = stratified_split(labels, (0.7, 0.2, 0.1), seed=0)
+    for part, per_class in ((train, 28), (val, 8), (test, 4)):
+        assert torch.bincount(labels[part], minlength=5).tolist() == [per_class] * 5
+    again = stratified_split(labels, (0.7, 0.2, 0.1), seed=0)
+    assert all(torch.equal(a, b) for a, b in zip((train, val, test), again, strict=True))
+    other = stratified_split(labels, (0.7, 0.2, 0.1), seed=1)
+    assert set(test.tolist()) != set(other[2].tolist()) and set(val.tolist()) != set(other[1].tolist())
+    for c in range(5):  # within every class the held-out images change with the seed
+        in_class = set(torch.nonzero(labels == c).flatten().tolist())
+        assert set(test.tolist()) & in_class != set(other[2].tolist()) & in_class
+
+
 def _write_folder(root: Path, splits=("train", "test"), per_class: int = 3) -> None:
     gen = torch.Generator().manual_seed(0)
     for split in splits:
