@@ -55,10 +55,10 @@ os.environ.setdefault("TEARDOWN_CUPTI", "1")
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mha  # noqa: E402
-from mha.functional import _run_only  # noqa: E402
 
 SHAPES = {  # name: (batch, heads, seq, head_dim, causal)
     "vit": (16, 12, 197, 64, False),
@@ -70,7 +70,12 @@ SHAPES = {  # name: (batch, heads, seq, head_dim, causal)
     "tiny": (2, 2, 16, 8, True),  # smoke test of the script (not a benchmark)
 }
 DEVICE = "cuda"
-SDPA = {"sdpa-cudnn": "cudnn", "sdpa-flash": "flash", "sdpa-efficient": "efficient", "sdpa-math": "math"}
+SDPA = {
+    "sdpa-cudnn": "CUDNN_ATTENTION",
+    "sdpa-flash": "FLASH_ATTENTION",
+    "sdpa-efficient": "EFFICIENT_ATTENTION",
+    "sdpa-math": "MATH",
+}
 DTYPE = torch.bfloat16
 
 
@@ -343,9 +348,9 @@ def _pass_order(names: list[str], seed: int) -> list[str]:
 
 
 def _sdpa_forced(q, k, v, causal, backend):
-    """One SDPA backend forced by flipping the backend flags (what ``mha`` does in eager mode; the
-    ``sdpa_kernel`` context manager alone costs tens of microseconds, as much as the kernel at ViT sizes)."""
-    return _run_only(backend, lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+    """One SDPA backend forced with ``sdpa_kernel``."""
+    with sdpa_kernel(getattr(SDPBackend, backend)):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 def module_rows(shape: tuple, backward: bool) -> list[dict]:

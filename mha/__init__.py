@@ -2,24 +2,14 @@
 
 >>> from mha import MultiHeadAttention
 >>> attn = MultiHeadAttention(256, 8)            # drop-in for nn.MultiheadAttention(256, 8, batch_first=True)
->>> out, _ = attn(x)                             # self-attention on (batch, seq, 256); need_weights defaults
-False
+>>> out, _ = attn(x)                             # self-attention on (batch, seq, 256); weights: None
 
 See ``mha/README.md``.
 """
 
 from .blocks import MLP, Decoder, DecoderLayer, DropPath, Encoder, EncoderLayer, LayerScale
 from .cache import DecoderCache, KVCache
-from .functional import (
-    BACKEND_RULES,
-    AttentionCall,
-    BackendRule,
-    attention,
-    clear_backend_cache,
-    force_backend,
-    last_backend,
-    select_backend,
-)
+from .functional import attention, force_backend, last_backend
 from .masks import and_masks, causal_mask, padding_mask, sliding_window_mask, torch_to_sdpa_mask
 from .modules import MultiHeadAttention, load_timm_attention
 from .positional import (
@@ -35,11 +25,6 @@ __all__ = [
     "attention",
     "last_backend",
     "force_backend",
-    "clear_backend_cache",
-    "select_backend",
-    "AttentionCall",
-    "BackendRule",
-    "BACKEND_RULES",
     "MultiHeadAttention",
     "load_timm_attention",
     "KVCache",

@@ -123,32 +123,11 @@ def _residual_branch_mlp(layer: nn.Module, out: Tensor, scale: nn.Module) -> Ten
     return out
 
 
-def _check_common(
-    embed_dim: int, num_heads: int, dropout: float, attn_dropout: float, drop_path: float
-) -> None:
-    if not isinstance(embed_dim, int) or embed_dim < 1:
-        raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
-    for name, p in (("dropout", dropout), ("attn_dropout", attn_dropout), ("drop_path", drop_path)):
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {p}")
+class _Layer(nn.Module):
+    """The keyword set ``EncoderLayer`` and ``DecoderLayer`` share (documented on ``EncoderLayer``), and the
+    parts they build from it: self-attention, norms, MLP, dropout, LayerScales, DropPath."""
 
-
-class EncoderLayer(nn.Module):
-    """Self-attention + MLP block on ``(batch, seq, embed_dim)``.
-
-    Pre-norm (default): ``x + drop_path(ls1(drop(attn(norm1(x)))))`` then ``x +
-    drop_path(ls2(mlp(norm2(x))))``.
-    Post-norm (``norm_first=False``, the original Transformer): ``norm1(x + drop(attn(x)))``, ``norm2(x +
-    mlp(x))``.
-
-    Args:
-        embed_dim, num_heads: attention sizes.
-        ffn_dim: MLP hidden size (default ``4 * embed_dim``).
-        dropout: dropout on residual branches and inside the MLP; attn_dropout: on attention probabilities.
-        activation: MLP activation.  norm_first: pre-norm.  layer_norm_eps: LayerNorm eps.
-        drop_path: stochastic-depth probability.  bias: biases in projections and MLP.  qk_norm, num_kv_heads,
-        positional: passed to ``MultiHeadAttention``.  layer_scale: initial LayerScale value (``None`` = off).
-    """
+    _cross_attention = False  # DecoderLayer: a cross-attention and a third norm / LayerScale
 
     def __init__(
         self,
@@ -169,24 +148,49 @@ class EncoderLayer(nn.Module):
         layer_scale: float | None = None,
     ) -> None:
         super().__init__()
-        _check_common(embed_dim, num_heads, dropout, attn_dropout, drop_path)
+        if not isinstance(embed_dim, int) or embed_dim < 1:
+            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
+        for name, p in (("dropout", dropout), ("attn_dropout", attn_dropout), ("drop_path", drop_path)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(
-            embed_dim,
-            num_heads,
-            num_kv_heads=num_kv_heads,
-            bias=bias,
-            dropout=attn_dropout,
-            qk_norm=qk_norm,
-            positional=positional,
-        )
-        self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        attn_kwargs = {
+            "num_kv_heads": num_kv_heads,
+            "bias": bias,
+            "dropout": attn_dropout,
+            "qk_norm": qk_norm,
+        }
+        self.self_attn = MultiHeadAttention(embed_dim, num_heads, positional=positional, **attn_kwargs)
+        if self._cross_attention:
+            self.cross_attn = MultiHeadAttention(embed_dim, num_heads, **attn_kwargs)
+        branches = range(1, 4 if self._cross_attention else 3)
+        for i in branches:  # norm1, norm2 (, norm3)
+            setattr(self, f"norm{i}", nn.LayerNorm(embed_dim, eps=layer_norm_eps))
         self.mlp = MLP(embed_dim, ffn_dim or 4 * embed_dim, activation=activation, dropout=dropout, bias=bias)
         self.dropout = nn.Dropout(dropout)
-        self.ls1 = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
-        self.ls2 = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
+        for i in branches:  # ls1, ls2 (, ls3)
+            scale = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
+            setattr(self, f"ls{i}", scale)
         self.drop_path = DropPath(drop_path)
+
+
+class EncoderLayer(_Layer):
+    """Self-attention + MLP block on ``(batch, seq, embed_dim)``.
+
+    Pre-norm (default): ``x + drop_path(ls1(drop(attn(norm1(x)))))`` then ``x +
+    drop_path(ls2(mlp(norm2(x))))``.
+    Post-norm (``norm_first=False``, the original Transformer): ``norm1(x + drop(attn(x)))``, ``norm2(x +
+    mlp(x))``.
+
+    Args:
+        embed_dim, num_heads: attention sizes.
+        ffn_dim: MLP hidden size (default ``4 * embed_dim``).
+        dropout: dropout on residual branches and inside the MLP; attn_dropout: on attention probabilities.
+        activation: MLP activation.  norm_first: pre-norm.  layer_norm_eps: LayerNorm eps.
+        drop_path: stochastic-depth probability.  bias: biases in projections and MLP.  qk_norm, num_kv_heads,
+        positional: passed to ``MultiHeadAttention`` (``positional``: self-attention only).  layer_scale:
+        initial LayerScale value (``None`` = off).
+    """
 
     def forward(
         self,
@@ -274,7 +278,7 @@ class EncoderLayer(nn.Module):
         return new.to(device=fc1.weight.device, dtype=fc1.weight.dtype).train(block.training)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_Layer):
     """Causal self-attention + cross-attention + MLP block.  Same keyword arguments as ``EncoderLayer``.
 
     Pre-norm: ``x += sa(norm1(x))``, ``x += ca(norm2(x), memory)``, ``x += mlp(norm3(x))``; post-norm puts
@@ -282,44 +286,7 @@ class DecoderLayer(nn.Module):
     self-attention only.
     """
 
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        *,
-        ffn_dim: int | None = None,
-        dropout: float = 0.0,
-        attn_dropout: float = 0.0,
-        activation: str | Callable[[], nn.Module] = "gelu",
-        norm_first: bool = True,
-        layer_norm_eps: float = 1e-5,
-        drop_path: float = 0.0,
-        bias: bool = True,
-        qk_norm: bool = False,
-        num_kv_heads: int | None = None,
-        positional: str | None = None,
-        layer_scale: float | None = None,
-    ) -> None:
-        super().__init__()
-        _check_common(embed_dim, num_heads, dropout, attn_dropout, drop_path)
-        self.norm_first = norm_first
-        attn_kwargs = {
-            "num_kv_heads": num_kv_heads,
-            "bias": bias,
-            "dropout": attn_dropout,
-            "qk_norm": qk_norm,
-        }
-        self.self_attn = MultiHeadAttention(embed_dim, num_heads, positional=positional, **attn_kwargs)
-        self.cross_attn = MultiHeadAttention(embed_dim, num_heads, **attn_kwargs)
-        self.norm1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.norm3 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.mlp = MLP(embed_dim, ffn_dim or 4 * embed_dim, activation=activation, dropout=dropout, bias=bias)
-        self.dropout = nn.Dropout(dropout)
-        self.ls1 = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
-        self.ls2 = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
-        self.ls3 = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
-        self.drop_path = DropPath(drop_path)
+    _cross_attention = True
 
     def forward(
         self,

@@ -277,20 +277,8 @@ class MultiHeadAttention(nn.Module):
             b, n, e = query.shape
             qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
             q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            out = _attend(
-                q,
-                k,
-                v,
-                None,
-                is_causal,
-                None,
-                self.dropout if self.training else 0.0,
-                None,
-                None,
-                self.backend,
-                False,
-                False,
-            )
+            dropout_p = self.dropout if self.training else 0.0
+            out = _attend(q, k, v, is_causal=is_causal, dropout_p=dropout_p, backend=self.backend)
             return self.out_proj(out.transpose(1, 2).reshape(b, n, e)), None
         if not isinstance(query, Tensor):
             raise TypeError(f"query must be a Tensor, got {type(query).__name__}")
@@ -395,15 +383,12 @@ class MultiHeadAttention(nn.Module):
             q,
             k,
             v,
-            mask,
-            is_causal,
-            None,
-            self.dropout if self.training else 0.0,
-            None,
-            None,
-            self.backend if not need_weights else "auto",
-            need_weights,
-            guard,
+            mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            backend=self.backend if not need_weights else "auto",
+            return_weights=need_weights,
+            guard=guard,
         )
         out, weights = result if need_weights else (result, None)
         out = self.out_proj(out.transpose(1, 2).reshape(batch, q_len, -1))  # (B, H, Lq, Dv) -> (B, Lq, H*Dv)

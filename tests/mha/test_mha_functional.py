@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 import mha
-from mha.functional import AttentionCall, select_backend
 
 CPU_BACKENDS = ["auto", "sdpa", "math", "flash", "eager", "flex"]
 
@@ -218,50 +217,6 @@ def test_bf16_runs_and_keeps_dtype():
     torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
 
 
-def test_backend_rules_table():
-    base = dict(
-        device_type="cuda", dtype=torch.bfloat16, head_dim=128, q_len=4096, k_len=4096, has_mask=False,
-        is_causal=True, gqa=False, dropout=False, flex=False, return_weights=False,
-    )  # fmt: skip
-    assert select_backend(AttentionCall(**base))[0] == "cudnn"
-    assert select_backend(AttentionCall(**{**base, "has_mask": True}))[0] == "cudnn"
-    assert (
-        select_backend(AttentionCall(**{**base, "has_mask": True, "dtype": torch.float32}))[0] == "efficient"
-    )
-    assert "cudnn" not in select_backend(AttentionCall(**{**base, "q_len": 1}))  # cuDNN raised for decode
-    assert select_backend(AttentionCall(**{**base, "q_len": 64, "k_len": 64}))[0] == "efficient"
-    assert select_backend(AttentionCall(**{**base, "head_dim": 256}))[0] == "flash"
-    vit = {**base, "head_dim": 64, "q_len": 197, "k_len": 197, "is_causal": False}  # ViT at 224 px
-    assert select_backend(AttentionCall(**vit, batch_heads=16 * 12)) == ("sdpa",)  # small: host-bound
-    assert select_backend(AttentionCall(**vit, batch_heads=256 * 6, requires_grad=True))[0] == "cudnn"
-    assert select_backend(AttentionCall(**{**vit, "has_mask": True}, batch_heads=16 * 12))[0] == "cudnn"
-    assert (
-        select_backend(AttentionCall(**{**vit, "q_len": 64, "k_len": 64}, batch_heads=2048))[0] == "efficient"
-    )
-    tiny = {**vit, "q_len": 64, "k_len": 64}  # the CIFAR ViT's 8x8 tokens, small batch*heads
-    assert select_backend(AttentionCall(**tiny, batch_heads=64 * 4))[0] == "efficient"  # inference
-    assert select_backend(AttentionCall(**tiny, batch_heads=64 * 4, requires_grad=True)) == ("sdpa",)
-    assert select_backend(AttentionCall(**{**base, "flex": True})) == ("flex",)
-    assert select_backend(AttentionCall(**{**base, "flex": True, "dropout": True})) == ("eager",)
-    assert select_backend(AttentionCall(**{**base, "return_weights": True})) == ("eager",)
-    assert select_backend(AttentionCall(**{**base, "device_type": "cpu"})) == ("sdpa",)
-
-
-def test_rules_see_the_call_facts(monkeypatch):
-    """What ``auto`` hands the rules: sizes (batch*heads included), flags and whether grads are needed."""
-    seen: list[AttentionCall] = []
-    rule = mha.BackendRule("record", lambda c: seen.append(c) or True, ("sdpa",))
-    monkeypatch.setattr(mha.functional, "BACKEND_RULES", [rule])
-    mha.clear_backend_cache()
-    q = torch.randn(3, 4, 5, 8, requires_grad=True)
-    k, v = torch.randn(3, 2, 7, 8), torch.randn(3, 2, 7, 6)
-    mha.attention(q, k, v, mask=torch.ones(5, 7, dtype=torch.bool))
-    call = seen[-1]
-    assert (call.batch_heads, call.q_len, call.k_len, call.head_dim) == (12, 5, 7, 8)
-    assert call.gqa and call.has_mask and call.requires_grad and not call.is_causal
-    mha.clear_backend_cache()
-
-
 def test_force_backend_context():
     q, k, v = qkv()
     m = mha.MultiHeadAttention(8, 2)
@@ -278,14 +233,6 @@ def test_force_backend_context():
     assert mha.last_backend() == "sdpa"
     with pytest.raises(ValueError, match="backend must be one of"), mha.force_backend("fast"):
         pass
-
-
-def test_rules_are_overridable(monkeypatch):
-    rule = mha.BackendRule("force math for the test", lambda c: True, ("math",))
-    monkeypatch.setattr(mha.functional, "BACKEND_RULES", [rule])
-    q, k, v = qkv()
-    mha.attention(q, k, v)
-    assert mha.last_backend() == "math"
 
 
 @pytest.mark.parametrize(
@@ -316,63 +263,9 @@ def test_bad_input_raises(kwargs, err, match):
         mha.attention(args.pop("q"), args.pop("k"), args.pop("v"), **args)
 
 
-@pytest.fixture
-def no_short_call(monkeypatch):
-    """Plain CPU calls take ``_short_call`` (straight to F.sdpa); tests of the memo and plans behind it
-    switch it off."""
-    monkeypatch.setattr(mha.functional, "_SHORT_TABLE", None)
-
-
-def test_auto_decisions_are_memoised_and_clearable(no_short_call):
-    mha.clear_backend_cache()
+def test_repeat_calls_still_validate_and_respect_force_backend():
     q, k, v = qkv()
     mha.attention(q, k, v)
-    assert len(mha.functional._DECISIONS) == 1
-    mha.attention(q, k, v)  # same signature: reused
-    assert len(mha.functional._DECISIONS) == 1
-    mha.attention(q, k, v, is_causal=True)
-    assert len(mha.functional._DECISIONS) == 2
-    mha.clear_backend_cache()
-    assert not mha.functional._DECISIONS
-
-
-def test_fast_path_plans_repeat_calls_and_keeps_results(no_short_call):
-    """A repeated unmasked signature goes straight to its kernel call (a "plan"), with equal results."""
-    mha.clear_backend_cache()
-    plans = mha.functional._PLANS
-    q, k, v = qkv()
-    first = mha.attention(q, k, v, is_causal=True)
-    assert len(plans) == 1
-    calls = []
-    key = next(iter(plans))
-    plan = plans[key]
-    plans[key] = lambda *a: calls.append(1) or plan(*a)
-    again = mha.attention(q, k, v, is_causal=True)
-    assert calls == [1]  # the plan ran, not the slow path
-    torch.testing.assert_close(again, first, rtol=0, atol=0)
-    torch.testing.assert_close(first, F.scaled_dot_product_attention(q, k, v, is_causal=True))
-    assert mha.last_backend() == "sdpa"
-    # every fact the checks and the rules read is part of the key
-    mha.attention(q, k, v)  # not causal
-    mha.attention(q.requires_grad_(), k, v)  # grads
-    assert len(plans) == 3
-    # strides are not: a "sdpa" plan hands them to F.sdpa, which reads them itself
-    qt = q.detach().transpose(2, 3).contiguous().transpose(2, 3)
-    torch.testing.assert_close(mha.attention(qt, k, v), F.scaled_dot_product_attention(qt, k, v))
-    assert len(plans) == 3
-    # masks, dropout, weights and Flex never take or make a plan
-    mha.attention(q, k, v, mask=torch.ones(q.shape[2], k.shape[2], dtype=torch.bool))
-    mha.attention(q, k, v, dropout_p=0.1)
-    mha.attention(q, k, v, return_weights=True)
-    assert len(plans) == 3
-    mha.clear_backend_cache()
-    assert not plans
-
-
-def test_fast_path_still_validates_new_signatures_and_respects_force_backend():
-    mha.clear_backend_cache()
-    q, k, v = qkv()
-    mha.attention(q, k, v)  # a plan exists now
     with pytest.raises(ValueError, match="k and v must share"):
         mha.attention(q, k, v[:, :, :-1])
     with pytest.raises(TypeError, match="torch.Tensor"):
@@ -396,98 +289,3 @@ def test_module_short_path_matches_the_general_path():
         torch.testing.assert_close(gs, gg, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="embed_dim=32"):
         m(torch.randn(2, 7, 16))
-
-
-class _FakeTensor:
-    """What ``_short_call`` reads of a tensor, so that its CUDA branch is testable on CPU."""
-
-    def __init__(self, shape, is_cuda, dtype, requires_grad=False):
-        self.shape, self.is_cuda, self.dtype, self.requires_grad = (
-            torch.Size(shape),
-            is_cuda,
-            dtype,
-            requires_grad,
-        )
-
-
-@pytest.mark.parametrize("cuda", [True, False])
-def test_short_call_takes_only_what_the_shipped_rules_send_to_sdpa(monkeypatch, cuda):
-    """``_short_call`` (plain calls straight to F.sdpa, no look-up) against ``select_backend``: every call it
-    takes, the rules send to ``("sdpa",)``; and on CUDA it takes every self-attention call they send there
-    (so the short path is not dead code)."""
-    from mha.functional import _short_call
-
-    ran = []
-    monkeypatch.setattr(mha.functional, "_SDPA", lambda *a, **kw: ran.append(1) or "sdpa")
-    taken = 0
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for b, h in ((1, 1), (16, 12), (32, 16), (64, 8)):
-            for n in (1, 64, 128, 129, 197, 256, 257, 1024):
-                for d in (64, 128, 256):
-                    for causal in (False, True):
-                        for grad in (False, True):
-                            q, k, v = (_FakeTensor((b, h, n, d), cuda, dtype, grad) for _ in "qkv")
-                            out = _short_call(q, k, v, causal, None)
-                            call = AttentionCall(
-                                device_type="cuda" if cuda else "cpu", dtype=dtype, head_dim=d, q_len=n,
-                                k_len=n, has_mask=False, is_causal=causal, gqa=False, dropout=False,
-                                flex=False, return_weights=False, requires_grad=grad, batch_heads=b * h,
-                            )  # fmt: skip
-                            rules = select_backend(call)
-                            if out is not None:
-                                taken += 1
-                                assert rules == ("sdpa",), call
-                            else:
-                                assert rules != ("sdpa",), call
-    assert taken == len(ran) > 0
-    # not taken: GQA, a different v head_dim, bottom-right causal with q_len != k_len, mismatched batch
-    q = _FakeTensor((2, 4, 197, 64), cuda, torch.bfloat16)
-    for k_shape, v_shape, causal in (
-        ((2, 2, 197, 64), (2, 2, 197, 64), False),
-        ((2, 4, 197, 64), (2, 4, 197, 32), False),
-        ((2, 4, 200, 64), (2, 4, 200, 64), True),
-        ((1, 4, 197, 64), (1, 4, 197, 64), False),
-    ):
-        k, v = _FakeTensor(k_shape, cuda, torch.bfloat16), _FakeTensor(v_shape, cuda, torch.bfloat16)
-        assert _short_call(q, k, v, causal, None) is None
-    flat = _FakeTensor((197,), cuda, torch.bfloat16)  # not 4-D: left to the validated way
-    assert _short_call(flat, flat, flat, False, None) is None
-
-
-def test_short_call_is_off_when_forced_or_rules_edited(monkeypatch):
-    q, k, v = qkv()
-    mha.attention(q, k, v)
-    assert mha.last_backend() == "sdpa"
-    with mha.force_backend("math"):
-        mha.attention(q, k, v)
-        assert mha.last_backend() == "math"
-    rule = mha.BackendRule("math for the test", lambda c: True, ("math",))
-    monkeypatch.setattr(mha.functional, "BACKEND_RULES", [rule])  # a new table
-    mha.attention(q, k, v)
-    assert mha.last_backend() == "math"
-
-
-def test_editing_the_rules_in_place_forgets_plans_and_short_path():
-    """``BACKEND_RULES`` edited in place (even an element replaced: same id, same length) takes effect on the
-    next call, without ``clear_backend_cache()``; putting the shipped rule back restores the short path."""
-    rules = mha.BACKEND_RULES
-    q, k, v = qkv(h=4, hkv=2)  # GQA: not a short call, so it makes a plan
-    mha.attention(q, k, v)
-    mha.attention(q, k, v)
-    assert mha.last_backend() == "sdpa" and mha.functional._PLANS
-    i = next(i for i, r in enumerate(rules) if r.reason.startswith("not CUDA"))
-    shipped = rules[i]
-    rules[i] = mha.BackendRule("math on CPU for the test", lambda c: c.device_type != "cuda", ("math",))
-    try:
-        assert mha.functional._SHORT_TABLE is None and not mha.functional._PLANS
-        mha.attention(q, k, v)
-        assert mha.last_backend() == "math"
-        mha.attention(*qkv())  # a plain call: not short while the table differs from the shipped one
-        assert mha.last_backend() == "math"
-    finally:
-        rules[i] = shipped
-    assert mha.functional._SHORT_TABLE is rules
-    mha.attention(*qkv())
-    assert mha.last_backend() == "sdpa"
-    mha.attention(q, k, v)
-    assert mha.last_backend() == "sdpa"

@@ -68,10 +68,10 @@ def test_masked_rows_zero_on_gpu(backend):
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-def test_auto_reports_a_real_kernel():
+def test_auto_reports_sdpa():
     q, k, v = strided_qkv(2, 8, 8, 512, 128)
     mha.attention(q, k, v, is_causal=True)
-    assert mha.last_backend() in ("cudnn", "flash", "efficient", "math")
+    assert mha.last_backend() == "sdpa"
 
 
 def test_flex_compiled_score_mod():
@@ -112,90 +112,6 @@ def test_sdpa_reference_equivalence_fp16():
     )
 
 
-@pytest.mark.parametrize(
-    "shape", [(80, 8, 8, 64, 64), (80, 8, 8, 197, 64), (2, 8, 2, 512, 64), (1, 4, 4, 300, 128)]
-)  # batch*heads > 512 at <= 256 keys: smaller calls go to PyTorch's own SDPA choice (see BACKEND_RULES)
-@pytest.mark.parametrize("causal", [False, True])
-def test_direct_kernel_path_matches_sdpa_with_grads(shape, causal):
-    """Mask-free auto calls go straight to the decided kernel's ATen op: same output and grads as SDPA."""
-    from mha.functional import _SDPA_FLAGS, _run_only
-
-    b, h, hkv, n, d = shape
-    torch.manual_seed(0)
-    mha.clear_backend_cache()
-    base = strided_qkv(b, h, hkv, n, d)
-    ours_in = [t.detach().clone().requires_grad_() for t in base]
-    ref_in = [t.detach().clone().requires_grad_() for t in base]
-    out = mha.attention(*ours_in, is_causal=causal)
-    kernel = mha.last_backend()
-    assert kernel in _SDPA_FLAGS, kernel
-    rq, rk, rv = ref_in
-    rk, rv = rk.repeat_interleave(h // hkv, 1), rv.repeat_interleave(h // hkv, 1)
-    ref = _run_only(kernel, lambda: F.scaled_dot_product_attention(rq, rk, rv, is_causal=causal))
-    torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2)
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    ref.backward(grad)
-    for ours_t, ref_t in zip(ours_in, ref_in, strict=True):
-        torch.testing.assert_close(ours_t.grad, ref_t.grad, atol=3e-2, rtol=3e-2)
-    with torch.no_grad():  # no logsumexp needed without grads
-        torch.testing.assert_close(mha.attention(*base, is_causal=causal), ref.detach(), atol=1e-2, rtol=1e-2)
-
-
-def test_direct_kernel_plan_steps_aside_for_other_strides_and_flags():
-    """A one-kernel plan is keyed without strides and SDPA flags: it must check both and defer on change."""
-    from mha.functional import _PLANS, _SDPA_FLAGS
-
-    mha.clear_backend_cache()
-    q, k, v = (torch.randn(80, 8, 512, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    mha.attention(q, k, v)
-    kernel = mha.last_backend()
-    assert kernel in _SDPA_FLAGS and len(_PLANS) == 1, kernel
-    ref = F.scaled_dot_product_attention(q, k, v)
-    torch.testing.assert_close(mha.attention(q, k, v), ref, atol=1e-2, rtol=1e-2)
-    qt = q.transpose(2, 3).contiguous().transpose(2, 3)  # same signature, head_dim not contiguous
-    torch.testing.assert_close(mha.attention(qt, k, v), ref, atol=1e-2, rtol=1e-2)
-    _, enable = _SDPA_FLAGS[kernel]
-    enable(False)
-    try:
-        torch.testing.assert_close(mha.attention(q, k, v), ref, atol=1e-2, rtol=1e-2)
-        other = mha.last_backend()
-        assert other != kernel  # the disabled kernel is not run through the old plan
-        mha.attention(q, k, v)  # the new layout (flags) got its own entry: the same kernel again
-        assert mha.last_backend() == other
-    finally:
-        enable(True)
-    mha.attention(q, k, v)
-    assert mha.last_backend() == kernel
-    (plan,) = _PLANS.values()
-    if other in _SDPA_FLAGS and other != "math":  # a checked fused kernel: kept beside the first layout
-        assert len(plan.layouts) == 2
-    mha.clear_backend_cache()
-
-
-def test_plan_keeps_one_entry_per_layout():
-    """Contiguous q/k/v and the strided views of a fused qkv projection share a signature: both layouts keep
-    their own kernel call instead of the second one taking the slow path on every call."""
-    from mha.functional import _PLANS
-
-    mha.clear_backend_cache()
-    b, h, n, d = 8, 16, 1024, 64
-    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    qkv = torch.randn(b, n, 3, h, d, device="cuda", dtype=torch.bfloat16)
-    qs, ks, vs = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # the module's layout
-    mha.attention(q, k, v)
-    kernel = mha.last_backend()
-    mha.attention(qs, ks, vs)
-    assert mha.last_backend() == kernel
-    (plan,) = _PLANS.values()
-    assert len(plan.layouts) == 2, kernel  # a one-kernel plan at this shape (rule: > 256 keys)
-    ref = F.scaled_dot_product_attention(qs, ks, vs)
-    torch.testing.assert_close(mha.attention(qs, ks, vs), ref, atol=1e-2, rtol=1e-2)
-    ref = F.scaled_dot_product_attention(q, k, v)
-    torch.testing.assert_close(mha.attention(q, k, v), ref, atol=1e-2, rtol=1e-2)
-    mha.clear_backend_cache()
-
-
 def _kernel_names(fn) -> frozenset[str]:
     from torch.profiler import ProfilerActivity, profile
 
@@ -206,50 +122,71 @@ def _kernel_names(fn) -> frozenset[str]:
     return frozenset(e.key for e in prof.key_averages())
 
 
-@pytest.mark.parametrize("grad", [False, True])
-@pytest.mark.parametrize("causal", [False, True])
-def test_plan_runs_the_kernel_it_reports(causal, grad):
-    """A remembered plan launches exactly the kernels of the decided backend forced, and ``last_backend``
-    names it."""
-    from mha.functional import _PLANS, _SDPA_FLAGS, _run_only
-
-    mha.clear_backend_cache()
-    q, k, v = (
-        torch.randn(8, 16, 1024, 64, device="cuda", dtype=torch.bfloat16, requires_grad=grad) for _ in "qkv"
-    )
-    with torch.set_grad_enabled(grad):
-        first = mha.attention(q, k, v, is_causal=causal)  # slow path: validates, decides, remembers
-        kernel = mha.last_backend()
-        assert kernel in _SDPA_FLAGS and len(_PLANS) == 1, kernel
-        ours = _kernel_names(lambda: mha.attention(q, k, v, is_causal=causal))
-        assert mha.last_backend() == kernel
-        ref = _kernel_names(
-            lambda: _run_only(kernel, lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
-        )
-        assert ours == ref, (kernel, ours ^ ref)
-        torch.testing.assert_close(mha.attention(q, k, v, is_causal=causal), first, atol=0, rtol=0)
-    mha.clear_backend_cache()
+# (batch, heads, kv_heads, q_len, k_len, head_dim): ViT-B, a long sequence, GQA, a decode step against a cache
+SHAPES = [
+    (16, 12, 12, 197, 197, 64),
+    (2, 8, 8, 1024, 1024, 64),
+    (4, 16, 4, 512, 512, 128),
+    (32, 8, 2, 1, 300, 64),
+]
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_short_call_takes_host_bound_vit_calls(grad):
-    """A ViT-B-sized bf16 call (the shipped "host time dominates" rule) goes straight to F.sdpa on real CUDA
-    tensors, strided or not: no decision memo, no plan, the same output as F.sdpa, reported as "sdpa"; a
-    1k-token call does not (it is decided and planned)."""
-    mf = mha.functional
-    mha.clear_backend_cache()
-    for q, k, v in (
-        tuple(torch.randn(16, 12, 197, 64, device=DEV, dtype=torch.bfloat16) for _ in "qkv"),
-        strided_qkv(16, 12, 12, 197, 64),
-    ):
-        q, k, v = (t.detach().requires_grad_(grad) for t in (q, k, v))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_auto_launches_sdpas_own_kernels(shape, grad):
+    """``backend="auto"`` is F.sdpa's own choice: the same kernels (forward and backward) and the same
+    numbers, reported as ``"sdpa"``."""
+    b, h, hkv, lq, lk, d = shape
+    torch.manual_seed(0)
+    q = torch.randn(b, h, lq, d, device=DEV, dtype=torch.bfloat16, requires_grad=grad)
+    k, v = (torch.randn(b, hkv, lk, d, device=DEV, dtype=torch.bfloat16, requires_grad=grad) for _ in "kv")
+    gqa = h != hkv
+
+    def ours():
         out = mha.attention(q, k, v)
-        assert mha.last_backend() == "sdpa"
-        assert not mf._DECISIONS and not mf._PLANS
-        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=0, atol=0)
         if grad:
             out.sum().backward()
-    q, k, v = (torch.randn(2, 8, 1024, 64, device=DEV, dtype=torch.bfloat16) for _ in "qkv")
-    mha.attention(q, k, v)
-    assert mf._DECISIONS and mf._PLANS and mha.last_backend() != "sdpa"
-    mha.clear_backend_cache()
+        return out
+
+    def theirs():
+        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        if grad:
+            out.sum().backward()
+        return out
+
+    assert _kernel_names(ours) == _kernel_names(theirs)
+    assert mha.last_backend() == "sdpa"
+    with torch.no_grad():
+        torch.testing.assert_close(mha.attention(q, k, v), theirs(), rtol=0, atol=0)
+
+
+def test_key_padding_mask_runs_sdpas_kernel():
+    """A key-padding mask (translation, recommendation) keeps SDPA's masked kernel; the guard only adds
+    elementwise work around it."""
+    q, k, v = (torch.randn(32, 8, 128, 64, device=DEV, dtype=torch.bfloat16) for _ in "qkv")
+    kpm = torch.rand(32, 128, device=DEV) > 0.8
+    allowed = ~kpm[:, None, None, :]
+    ours = _kernel_names(lambda: mha.attention(q, k, v, mask=allowed))
+    ref = _kernel_names(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed))
+    attention_kernels = {name for name in ref if "attention" in name.lower() or "fmha" in name.lower()}
+    assert attention_kernels and attention_kernels <= ours, ours
+
+
+@pytest.mark.parametrize("backend", ["cudnn", "flash", "efficient", "math"])
+def test_pinned_backend_runs_that_kernel(backend):
+    """``backend=`` pins one SDPA kernel: the kernels of F.sdpa under ``sdpa_kernel`` of that backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (torch.randn(8, 16, 1024, 64, device=DEV, dtype=torch.bfloat16) for _ in "qkv")
+    try:
+        ours = _kernel_names(lambda: mha.attention(q, k, v, is_causal=True, backend=backend))
+    except RuntimeError as err:  # a kernel unavailable on this GPU/build
+        pytest.skip(f"{backend}: {err}")
+    assert mha.last_backend() == backend
+    pinned = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
+    pinned |= {"efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    with sdpa_kernel(pinned[backend]):
+        ref = _kernel_names(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    assert ours == ref
+    with mha.force_backend(backend):
+        assert _kernel_names(lambda: mha.attention(q, k, v, is_causal=True)) == ref
