@@ -1,0 +1,1 @@
+"""``task=recommendation``: sequential recommendation (SASRec family) on the ``mha`` core."""
