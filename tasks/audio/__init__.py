@@ -1,0 +1,1 @@
+"""Spoken-word recognition with a spectrogram transformer built from ``mha`` blocks (``task=audio``)."""
