@@ -157,7 +157,8 @@ def _check_values(series: Series, columns: dict, line_offset: int) -> np.ndarray
             i = int(empty[0])
             raise ValueError(
                 f"{series.source} line {i + line_offset}: column {name!r} has a missing value "
-                f"({len(empty)} in all); fill or drop those rows, or leave the column out of task.data.channels"
+                f"({len(empty)} in all); fill or drop those rows, or leave the column out of "
+                "task.data.channels"
             )
         values = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
         bad = np.flatnonzero(~np.isfinite(values))
