@@ -10,9 +10,14 @@
     python bench/attention.py --shapes 4k,4k-causal --accumulate bench/attention_results.json --write ...
 
 Two tables:
-* kernel level, ``(batch, heads, seq, head_dim)`` q/k/v: ours (``mha.attention``, backend ``auto``), each SDPA
-  backend forced, SDPA's own default choice, FlexAttention compiled, the formula ``softmax(QK^T/sqrt(d))V``
-  written out.  Ratio = TFLOP/s over the best SDPA row (target: ours >= 0.95 at every shape).
+* kernel level, ``(batch, heads, seq, head_dim)`` q/k/v: ours (``mha.attention``, backend ``auto``), ours
+  again (an A/A control: the spread of a row against its own twin), SDPA's own default choice, each SDPA
+  backend forced, FlexAttention compiled, the formula ``softmax(QK^T/sqrt(d))V`` written out.  Ratio =
+  TFLOP/s over the best SDPA row.  Besides the square shapes, the calls the tasks make: a key-padding mask
+  (``padded``: translation, recommendation; the additive mask ``mha.Encoder`` passes), grouped-query heads
+  (``gqa``, with a row of SDPA on k/v repeated to every query head, which the kernels without GQA support
+  need) and a one-query decode step against a KV cache (``decode``: beam search).  An SDPA row that beats
+  ours by more than the A/A spread is where a choice of our own would pay.
 * module level, ``(batch, seq, embed)`` with projections: ``mha.MultiHeadAttention``,
   ``nn.MultiheadAttention`` with default arguments (``need_weights=True``) and with ``need_weights=False``,
   timm ``Attention``.  Ratio = their time / our time (targets fwd+bwd: >= 1.5x nn default, >= 1.0x timm).
@@ -26,7 +31,7 @@ sizes. ``host us``: the host's time to issue one call (CPU clock, not waiting fo
 kernel time per call from torch.profiler, what the call costs once host time is hidden (CUDA graphs,
 ``torch.compile``, a queue kept full by bigger work). "paired vs X": the ratio sample by sample within a pass
 (median and quartiles), so host drift cancels.
-``--device cpu --shapes tiny`` is a smoke run of the script itself (numbers meaningless).
+``--device cpu --shapes tiny,tiny-masked`` is a smoke run of the script itself (numbers meaningless).
 """
 
 from __future__ import annotations
@@ -44,12 +49,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 # Kineto leaves CUPTI attached after a profile unless told to finalize it: every later kernel launch of the
 # process then costs ~1.6-3x the host time (F.sdpa at ViT-B on an H100: 17-29 us before a profile, 28-54 us
-# after; bench/diag_profiler_residue.py).  The tables profile each shape after timing it, so without this
-# every table but the first would be timed with slower launches.  Kineto reads it when a profile ends, so
-# the scripts that import this module (host_overhead, kernel_small_shapes, the diagnostics) get it too.
+# after).  The tables profile each shape after timing it, so without this every table but the first would be
+# timed with slower launches.
 os.environ.setdefault("TEARDOWN_CUPTI", "1")
 
 import torch
@@ -60,15 +65,35 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mha  # noqa: E402
 
-SHAPES = {  # name: (batch, heads, seq, head_dim, causal)
-    "vit": (16, 12, 197, 64, False),
-    "1k": (8, 16, 1024, 64, False),
-    "1k-causal": (8, 16, 1024, 64, True),
-    "4k": (4, 16, 4096, 128, False),
-    "4k-causal": (4, 16, 4096, 128, True),
-    "16k-causal": (2, 16, 16384, 128, True),
-    "tiny": (2, 2, 16, 8, True),  # smoke test of the script (not a benchmark)
+
+class Shape(NamedTuple):
+    """One benchmarked call: q ``(batch, heads, q_len, head_dim)``, k/v ``(batch, kv_heads, k_len,
+    head_dim)``; ``padded``: a key-padding mask (random lengths from half to all of ``k_len``)."""
+
+    batch: int
+    heads: int
+    kv_heads: int
+    q_len: int
+    k_len: int
+    head_dim: int
+    causal: bool = False
+    padded: bool = False
+
+
+SHAPES = {
+    "vit": Shape(16, 12, 12, 197, 197, 64),  # ViT-B/16 at 224 px
+    "1k": Shape(8, 16, 16, 1024, 1024, 64),
+    "1k-causal": Shape(8, 16, 16, 1024, 1024, 64, causal=True),
+    "4k": Shape(4, 16, 16, 4096, 4096, 128),
+    "4k-causal": Shape(4, 16, 16, 4096, 4096, 128, causal=True),
+    "16k-causal": Shape(2, 16, 16, 16384, 16384, 128, causal=True),
+    "padded": Shape(64, 8, 8, 128, 128, 64, padded=True),  # translation / recommendation batches
+    "gqa": Shape(8, 32, 8, 1024, 1024, 128, causal=True),  # 4 query heads per key/value head
+    "decode": Shape(320, 8, 8, 1, 64, 64, causal=True),  # beam 5 x 64 sentences, one query, 64 cached keys
+    "tiny": Shape(2, 2, 2, 16, 16, 8, causal=True),  # smoke tests of the script (not benchmarks)
+    "tiny-masked": Shape(2, 4, 2, 8, 16, 8, causal=True, padded=True),
 }
+SMOKE = ("tiny", "tiny-masked")
 DEVICE = "cuda"
 SDPA = {
     "sdpa-cudnn": "CUDNN_ATTENTION",
@@ -158,11 +183,6 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
-def attn_flops(b: int, h: int, n: int, d: int, causal: bool, backward: bool) -> float:
-    fwd = 4 * b * h * n * n * d / (2 if causal else 1)
-    return fwd * (3.5 if backward else 1.0)
-
-
 def run_guarded(fn: Callable[[], float]) -> float | str:
     try:
         return fn()
@@ -174,34 +194,68 @@ def run_guarded(fn: Callable[[], float]) -> float | str:
         return "n/a: " + str(err).splitlines()[0][:60]
 
 
-def formula(q, k, v, causal):
-    """The seeds' attention, written out."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+def formula(q, k, v, mask, causal):
+    """Attention written out: ``softmax(QK^T/sqrt(d) + mask) V`` with k/v repeated over query-head groups."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
+    if mask is not None:
+        scores = scores + mask
     if causal:
-        n = q.shape[-2]
-        scores = scores.masked_fill(
-            ~torch.ones(n, n, dtype=torch.bool, device=q.device).tril(), float("-inf")
-        )
+        scores = scores.masked_fill(~mha.causal_mask(q.shape[2], k.shape[2], device=q.device), float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 
 
-def kernel_rows(shape: tuple, backward: bool) -> list[dict]:
-    b, h, n, d, causal = shape
-    q, k, v = (torch.randn(b, h, n, d, device=DEVICE, dtype=DTYPE, requires_grad=backward) for _ in range(3))
-    grad = torch.randn_like(q)
-    fns: dict[str, Callable[[], torch.Tensor]] = {}
-    fns["ours (auto)"] = lambda: mha.attention(q, k, v, is_causal=causal)
-    fns["sdpa (default choice)"] = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    for name, backend in SDPA.items():
-        fns[name] = lambda backend=backend: _sdpa_forced(q, k, v, causal, backend)
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def padding(shape: Shape) -> torch.Tensor | None:
+    """``(batch, k_len)`` key-padding mask (``True`` = padding) for a ``padded`` shape, else ``None``."""
+    if not shape.padded:
+        return None
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(shape.k_len // 2, shape.k_len + 1, (shape.batch,), generator=g)
+    return mha.padding_mask(lengths, shape.k_len).to(DEVICE)
 
-    if DEVICE == "cuda":  # compiled Flex on CPU takes a minute to build: skipped in smoke runs
+
+def kernel_rows(shape: Shape, backward: bool) -> list[dict]:
+    b, h, hkv, lq, lk, d, causal, _ = shape
+    q = torch.randn(b, h, lq, d, device=DEVICE, dtype=DTYPE, requires_grad=backward)
+    k, v = (torch.randn(b, hkv, lk, d, device=DEVICE, dtype=DTYPE, requires_grad=backward) for _ in "kv")
+    grad = torch.randn_like(q)
+    gqa = h != hkv
+    kpm = padding(shape)
+    mask = (
+        None if kpm is None else mha.masks.key_padding_to_sdpa(kpm, DTYPE)
+    )  # (B, 1, 1, Lk), what Encoder passes
+    # what F.sdpa needs for the same result: its is_causal is top-left aligned and excludes a mask
+    sdpa_causal = causal and lq == lk and mask is None
+    sdpa_mask = mask
+    if causal and lq > 1 and not sdpa_causal:
+        sdpa_mask = mha.and_masks(mask, mha.causal_mask(lq, lk, device=DEVICE), DTYPE)
+    sdpa_args = {"attn_mask": sdpa_mask, "is_causal": sdpa_causal}
+
+    def repeated(fn: Callable) -> Callable[[], torch.Tensor]:  # k/v repeated to every query head first
+        return lambda: fn(q, k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1), **sdpa_args)
+
+    fns: dict[str, Callable[[], torch.Tensor]] = {
+        "ours (auto)": lambda: mha.attention(q, k, v, mask=mask, is_causal=causal),
+        "ours again (A/A)": lambda: mha.attention(q, k, v, mask=mask, is_causal=causal),
+        "sdpa (default choice)": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa, **sdpa_args),
+    }
+    if gqa:
+        fns["sdpa (default choice, k/v repeated)"] = repeated(F.scaled_dot_product_attention)
+    for name, backend in SDPA.items():
+        forced = _sdpa_forced(backend)
+        if gqa and backend in ("CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):  # no GQA support: repeat k/v
+            fns[name + " (k/v repeated)"] = repeated(forced)
+        else:
+            fns[name] = lambda forced=forced: forced(q, k, v, enable_gqa=gqa, **sdpa_args)
+    if DEVICE == "cuda" and mask is None and lq == lk:  # compiled Flex on CPU takes a minute to build
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
         flex = torch.compile(flex_attention, dynamic=False)
         causal_mod = lambda b_, h_, qi, ki: qi >= ki  # noqa: E731
-        block_mask = create_block_mask(causal_mod, None, None, n, n, device=DEVICE) if causal else None
-        fns["flex (compiled)"] = lambda: flex(q, k, v, block_mask=block_mask)
-    fns["formula softmax(QK^T/sqrt(d))V"] = lambda: formula(q, k, v, causal)
+        block_mask = create_block_mask(causal_mod, None, None, lq, lk, device=DEVICE) if causal else None
+        fns["flex (compiled)"] = lambda: flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    fns["formula softmax(QK^T/sqrt(d))V"] = lambda: formula(q, k, v, sdpa_mask, sdpa_causal)
 
     timed = time_rows(fns, grad if backward else None)
     rows, outputs = [], {}
@@ -210,14 +264,14 @@ def kernel_rows(shape: tuple, backward: bool) -> list[dict]:
         row = {"name": name, "ms": t["ms"], "host_us": t.get("host_us"), "gpu_ms": t["gpu_ms"], "err": None}
         if name == "ours (auto)":
             row["backend"] = t["backend"]
-        if isinstance(t["ms"], float) and name in ("ours (auto)", "sdpa-flash"):
+        if isinstance(t["ms"], float) and name in ("ours (auto)", "sdpa (default choice)"):
             with torch.no_grad():
                 outputs[name] = fn().float()
         rows.append(row)
         _free()
-    if len(outputs) == 2:  # correctness guard: ours against the flash kernel
-        rows[0]["err"] = (outputs["ours (auto)"] - outputs["sdpa-flash"]).abs().max().item()
-    flops = attn_flops(b, h, n, d, causal, backward)
+    if len(outputs) == 2:  # correctness guard: ours against SDPA's default
+        rows[0]["err"] = (outputs["ours (auto)"] - outputs["sdpa (default choice)"]).abs().max().item()
+    flops = 4 * b * h * lq * lk * d / (2 if causal and lq == lk else 1) * (3.5 if backward else 1.0)
     for row in rows:
         row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12 if isinstance(row["ms"], float) else None
     sdpa_rows = [r for r in rows if r["name"].startswith("sdpa") and r["tflops"]]
@@ -227,13 +281,15 @@ def kernel_rows(shape: tuple, backward: bool) -> list[dict]:
         row["ratio"] = row["tflops"] / best["tflops"] if best and row["tflops"] else None
         row["gpu_ratio"] = best_gpu / row["gpu_ms"] if best_gpu and row["gpu_ms"] else None
     ours = timed["ours (auto)"]
-    if best is not None and isinstance(ours["ms"], float):  # sample by sample, same pass
+    if isinstance(ours["ms"], float):  # sample by sample, same pass (> 1: ours faster)
+        refs = [r["name"] for r in ([best] if best else [])] + ["sdpa (default choice)", "ours again (A/A)"]
         rows[0]["paired"] = {
             ref: paired_ratio(timed[ref]["samples"], ours["samples"])
-            for ref in dict.fromkeys([best["name"], "sdpa (default choice)"])
+            for ref in dict.fromkeys(refs)
             if isinstance(timed[ref]["ms"], float)
         }
-    # which SDPA rows launched exactly our kernels (a noise-free check of the choice itself)
+    # which SDPA rows launched exactly our kernels (a noise-free check of the choice itself; a masked call
+    # adds the fully-masked-row guard's elementwise kernels to ours)
     same = [r["name"] for r in rows[1:] if r["name"].startswith("sdpa") and timed[r["name"]]["kernels"]]
     rows[0]["same_kernels"] = [n for n in same if timed[n]["kernels"] == ours["kernels"]]
     return rows
@@ -247,22 +303,6 @@ def paired_ratio(ref: list[float], ours: list[float]) -> tuple[float, float, flo
         return m, m, m
     q1, q2, q3 = statistics.quantiles(ratios, n=4)
     return q2, q1, q3
-
-
-def print_paired(fns: dict[str, Callable[[], torch.Tensor]], runs: int, ref: str = "F.sdpa") -> None:
-    """The diagnostics' report: ``runs`` interleaved timings of ``fns`` (``time_rows``, forward), each row's
-    wall and host time per call and its ratio to ``ref`` paired pass by pass (median and quartiles)."""
-    width = max(map(len, fns))
-    for run in range(runs):
-        t = time_rows(fns, None)
-        print(f"run {run}", flush=True)
-        for name in fns:
-            pr = paired_ratio(t[ref]["samples"], t[name]["samples"])
-            print(
-                f"   {name:{width}s} wall {t[name]['ms'] * 1e3:6.1f} us  host {t[name]['host_us']:6.1f} us  "
-                f"paired vs {ref} {pr[0]:.3f} ({pr[1]:.3f}-{pr[2]:.3f})",
-                flush=True,
-            )
 
 
 SAMPLES = 24
@@ -347,38 +387,50 @@ def _pass_order(names: list[str], seed: int) -> list[str]:
     return order
 
 
-def _sdpa_forced(q, k, v, causal, backend):
-    """One SDPA backend forced with ``sdpa_kernel``."""
-    with sdpa_kernel(getattr(SDPBackend, backend)):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+def _sdpa_forced(backend: str) -> Callable[..., torch.Tensor]:
+    """``F.scaled_dot_product_attention`` with only SDPA backend ``backend`` enabled (``sdpa_kernel``)."""
+
+    def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        with sdpa_kernel(getattr(SDPBackend, backend)):
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    return call
 
 
-def module_rows(shape: tuple, backward: bool) -> list[dict]:
-    b, h, n, d, causal = shape
+def module_rows(shape: Shape, backward: bool) -> list[dict] | None:
+    """Self-attention modules on ``(batch, seq, embed)``; ``None`` for shapes the peers cannot run (GQA, a
+    decode step)."""
+    b, h, hkv, n, lk, d, causal, _ = shape
+    if hkv != h or n != lk:
+        return None
     e = h * d
     x = torch.randn(b, n, e, device=DEVICE, dtype=DTYPE, requires_grad=backward)
     grad = torch.randn_like(x)
+    kpm = padding(shape)
     torch_mha = nn.MultiheadAttention(e, h, batch_first=True, device=DEVICE, dtype=DTYPE)
     ours = mha.MultiHeadAttention.from_torch(torch_mha)
     ours_again = copy.deepcopy(ours)  # an A/A control: the spread of a row against its own twin
     causal_mask = (
         nn.Transformer.generate_square_subsequent_mask(n, device=DEVICE, dtype=DTYPE) if causal else None
     )
+    masks = {"attn_mask": causal_mask, "key_padding_mask": kpm, "is_causal": causal}
     fns: dict[str, Callable[[], torch.Tensor]] = {
-        "ours MultiHeadAttention": lambda: ours(x, is_causal=causal)[0],
-        "ours again (A/A)": lambda: ours_again(x, is_causal=causal)[0],
-        "nn.MultiheadAttention (default)": lambda: torch_mha(
-            x, x, x, attn_mask=causal_mask, is_causal=causal
-        )[0],
-        "nn.MultiheadAttention need_weights=False": lambda: torch_mha(
-            x, x, x, attn_mask=causal_mask, is_causal=causal, need_weights=False
-        )[0],
+        "ours MultiHeadAttention": lambda: ours(x, key_padding_mask=kpm, is_causal=causal)[0],
+        "ours again (A/A)": lambda: ours_again(x, key_padding_mask=kpm, is_causal=causal)[0],
+        "nn.MultiheadAttention (default)": lambda: torch_mha(x, x, x, **masks)[0],
+        "nn.MultiheadAttention need_weights=False": lambda: torch_mha(x, x, x, need_weights=False, **masks)[
+            0
+        ],
     }
     try:
         from timm.layers import Attention
 
         timm_attn = Attention(e, h, qkv_bias=True).to(DEVICE, DTYPE)
-        fns["timm Attention"] = lambda: timm_attn(x, is_causal=causal)
+        if kpm is None:
+            fns["timm Attention"] = lambda: timm_attn(x, is_causal=causal)
+        elif not causal:  # timm takes an SDPA-convention mask (True = may attend)
+            allowed = ~kpm[:, None, None, :]
+            fns["timm Attention"] = lambda: timm_attn(x, attn_mask=allowed)
     except ImportError:
         pass
     timed = time_rows(fns, grad if backward else None)
@@ -398,7 +450,8 @@ def module_rows(shape: tuple, backward: bool) -> list[dict]:
         with torch.no_grad():
             diff = fns["ours MultiHeadAttention"]().float() - fns[reference]().float()  # correctness guard
         rows[0]["err"] = diff.abs().max().item()
-    flops = attn_flops(b, h, n, d, causal, backward) + 8 * b * n * e * e * (3 if backward else 1)
+    attn = 4 * b * h * n * n * d / (2 if causal else 1) * (3.5 if backward else 1.0)
+    flops = attn + 8 * b * n * e * e * (3 if backward else 1)
     ours_ms, ours_gpu = rows[0]["ms"], rows[0]["gpu_ms"]
     for row in rows:
         ok = isinstance(row["ms"], float)
@@ -414,10 +467,16 @@ def fmt(value, spec: str) -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
+def describe(shape: Shape) -> str:
+    """``(B,H,N,D)``, with ``H/Hkv`` for GQA, ``Lq->Lk`` for unequal lengths and ``padded``."""
+    heads = f"{shape.heads}" if shape.heads == shape.kv_heads else f"{shape.heads}/{shape.kv_heads}"
+    seq = f"{shape.q_len}" if shape.q_len == shape.k_len else f"{shape.q_len}->{shape.k_len}"
+    return f"({shape.batch},{heads},{seq},{shape.head_dim})" + (" padded" if shape.padded else "")
+
+
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| shape (B,H,N,D) | causal | pass | row | ms | TFLOP/s | ratio | host us | GPU ms | GPU ratio "
-        "| note |",
+        "| shape | causal | pass | row | ms | TFLOP/s | ratio | host us | GPU ms | GPU ratio | note |",
         "|" + "---|" * 11,
     ]
     for res in results:
@@ -433,9 +492,16 @@ def markdown(results: list[dict]) -> str:
             for ref, (med, lo, hi) in (row.get("paired") or {}).items():
                 note += f" paired vs {ref}: {med:.2f} (IQR {lo:.2f}-{hi:.2f})"
             if row.get("err") is not None:
-                ref = "flash" if res["level"] == "kernel" else "nn need_weights=False"
+                ref = "sdpa default" if res["level"] == "kernel" else "nn need_weights=False"
                 note += f" max err vs {ref} {row['err']:.1e}"
-            cells = [tuple(res["shape"][:4]), res["shape"][4], res["pass"], row["name"], fmt(ms, ".3f")]
+            shape = Shape(*res["dims"])
+            cells = [
+                f"{res['shape']} {describe(shape)}",
+                shape.causal,
+                res["pass"],
+                row["name"],
+                fmt(ms, ".3f"),
+            ]
             cells += [fmt(row["tflops"], ".1f"), fmt(row["ratio"], ".2f")]
             cells += [fmt(row.get("host_us"), ".1f"), fmt(row.get("gpu_ms"), ".3f")]
             cells += [fmt(row.get("gpu_ratio"), ".2f"), note.strip()]
@@ -460,7 +526,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--shapes", default=",".join(s for s in SHAPES if s != "tiny"), help=f"comma list of {list(SHAPES)}"
+        "--shapes",
+        default=",".join(s for s in SHAPES if s not in SMOKE),
+        help=f"comma list of {list(SHAPES)}",
     )
     parser.add_argument("--modes", default="fwd,fwdbwd", help="comma list of fwd, fwdbwd")
     parser.add_argument("--levels", default="kernel,module", help="comma list of kernel, module")
@@ -484,7 +552,7 @@ def main() -> None:
     SAMPLES = max(1, args.samples)
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
-            "bench/attention.py needs a CUDA GPU (or --device cpu --shapes tiny for a smoke run)"
+            "bench/attention.py needs a CUDA GPU (or --device cpu --shapes tiny,tiny-masked for a smoke run)"
         )
     torch.backends.cuda.matmul.allow_tf32 = True
     if DEVICE == "cuda":  # ~1 s of matmuls first: clocks and power state settle before the first row
@@ -511,8 +579,18 @@ def main() -> None:
     fresh: list[dict] = []
     runs = itertools.product(args.levels.split(","), shape_names, args.modes.split(","))
     for level, shape_name, mode in runs:
-        rows = (kernel_rows if level == "kernel" else module_rows)(SHAPES[shape_name], mode == "fwdbwd")
-        res = {"level": level, "shape": SHAPES[shape_name], "pass": mode, "rows": rows, "meta": meta}
+        shape = SHAPES[shape_name]
+        rows = (kernel_rows if level == "kernel" else module_rows)(shape, mode == "fwdbwd")
+        if rows is None:
+            continue
+        res = {
+            "level": level,
+            "shape": shape_name,
+            "dims": list(shape),
+            "pass": mode,
+            "rows": rows,
+            "meta": meta,
+        }
         fresh.append(res)
         print(markdown([res]).split("\n", 2)[2], flush=True)
         # saved after every table: a run cut off by a time limit keeps what it measured
@@ -531,7 +609,7 @@ def merge(old: list[dict], fresh: list[dict]) -> list[dict]:
     """``old`` results (earlier runs) with every (level, shape, pass) that ``fresh`` re-measured replaced."""
 
     def key(r: dict) -> tuple:
-        return r["level"], tuple(r["shape"]), r["pass"]
+        return r["level"], r["shape"], r["pass"]
 
     done = {key(r) for r in fresh}
     return [r for r in old if key(r) not in done] + fresh
@@ -539,8 +617,8 @@ def merge(old: list[dict], fresh: list[dict]) -> list[dict]:
 
 def render(results: list[dict]) -> str:
     """Markdown section: one header line per distinct run, then the kernel and module tables."""
-    order = {name: i for i, name in enumerate(SHAPES.values())}
-    results = sorted(results, key=lambda r: (order.get(tuple(r["shape"]), 99), r["pass"]))
+    order = {name: i for i, name in enumerate(SHAPES)}
+    results = sorted(results, key=lambda r: (order.get(r["shape"], 99), r["pass"]))
     runs = []
     for res in results:
         meta = res.get("meta", {})

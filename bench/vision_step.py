@@ -15,8 +15,8 @@ config), the others the default mode with the augmentation eager.
 
 Prints one JSON line per variant: ms per step, img/s, seconds per 49k-image epoch, augmentation ms, compile
 seconds, parameters. Needs a CUDA GPU. Use ``--profile`` with one variant per process: a profile leaves CUPTI
-attached and slows every later launch of the process (``bench/diag_profiler_residue.py``), and with CUDA
-graphs PyTorch's profiler may turn ``TEARDOWN_CUPTI`` off.
+attached and slows every later launch of the process, and with CUDA graphs PyTorch's profiler may turn
+``TEARDOWN_CUPTI`` off.
 """
 
 from __future__ import annotations
