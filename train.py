@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import sys
+import traceback
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,35 +26,99 @@ if TYPE_CHECKING:
     from tasks.common import SigtermCheckpoint
 
 log = logging.getLogger("train")
+# ${pid:} in conf/hydra/default.yaml: run folders of processes started in the same second stay apart
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+
+
+#: exceptions that, raised from this project's own code, are a message for the user, not a crash
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError)
+REPO = Path(__file__).resolve().parent
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """``train(cfg)``; an error raised by the project's own checks (a bad value, file or checkpoint) is one
+    line on standard error and the last line of ``train.log``, exit status 2. ``HYDRA_FULL_ERROR=1`` shows its
+    traceback; any other exception keeps its traceback (also written to ``train.log``)."""
+    try:
+        return train(cfg)
+    except USER_ERRORS as err:
+        if _raised_by_us(err) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            _to_log_file(f"{type(err).__name__}: {err}")
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        _to_log_file(traceback.format_exc())
+        raise
+    except Exception:
+        _to_log_file(traceback.format_exc())
+        raise
+
+
+def _quiet_lightning() -> None:
+    """Every Lightning line once (through Hydra's console and train.log handlers, not Lightning's own as
+    well), without its advertising tip or warnings about our intended set-up that a user cannot act on."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+    for message in (
+        "You have overridden `on_after_batch_transfer`",  # the task's device-side hook: intended
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning, fixed upstream
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def _raised_by_us(err: BaseException) -> bool:
+    """Whether ``err`` was raised in this project's code (not in a library it calls)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return (
+        bool(frames)
+        and Path(frames[-1].filename).resolve().is_relative_to(REPO)
+        and (".venv" not in Path(frames[-1].filename).parts)
+    )
+
+
+def _to_log_file(text: str) -> None:
+    """Append ``text`` to the run's ``train.log`` only (the console gets Hydra's own report)."""
+    record = logging.LogRecord("train", logging.ERROR, __file__, 0, "%s", (text.rstrip(),), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """compose config -> task -> data + model -> fit -> test -> baselines -> report (see the module doc)."""
     import lightning as L
     import torch
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor
-    from lightning.pytorch.loggers import CSVLogger
 
     from tasks.base import RunContext
     from tasks.common import (
         AtomicCheckpointIO,
         ResumableModelCheckpoint,
         SigtermCheckpoint,
+        appending_csv_logger,
         format_table,
+        load_checkpoint,
         plot_metrics,
         save_artifacts,
         write_results,
     )
+    from tasks.common.checkpoint import check_checkpoint_matches
     from tasks.lit import LossProgressBar, TaskModule
 
-    for name in ("lightning.pytorch", "lightning.fabric"):  # log once, through Hydra's console + train.log
-        logging.getLogger(name).handlers.clear()
+    _quiet_lightning()
     run_dir = Path(cfg.paths.output_dir)
-    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file (e.g. .../last.ckpt)"
+    name = HydraConfig.get().runtime.choices.task  # task=<name>: conf/task/<name>.yaml
+    if cfg.ckpt_path is not None:  # before any work: a missing, unreadable or mismatched checkpoint
+        state = load_checkpoint(cfg.ckpt_path, task=name)
+        check_checkpoint_matches(
+            state, name, OmegaConf.to_container(cfg.task.model, resolve=True), cfg.ckpt_path
         )
+        del state
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -58,7 +126,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
         torch.set_num_threads(cfg.cpu_threads)
 
     run = RunContext(
-        name=HydraConfig.get().runtime.choices.task,  # task=<name>: conf/task/<name>.yaml
+        name=name,
         run_dir=run_dir,
         resume_from=Path(cfg.ckpt_path) if cfg.ckpt_path is not None else None,
     )
@@ -88,7 +156,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     on_sigterm = SigtermCheckpoint(last)  # SIGTERM mid-fit: save this step's state, then exit 143
     trainer = instantiate(
         trainer_cfg,
-        logger=CSVLogger(run_dir, name="", version=""),  # -> <run_dir>/metrics.csv
+        logger=appending_csv_logger(run_dir),  # -> <run_dir>/metrics.csv (a resume appends)
         callbacks=[
             checkpoint,
             on_sigterm,
@@ -105,7 +173,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     )
     with _exit_on_sigterm(on_sigterm):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-    trainer.save_checkpoint(last)  # the final state, even mid-epoch
+    trainer.save_checkpoint(last, weights_only=False)  # the final state (all of it), even mid-epoch
 
     rows: dict[str, dict[str, float]] = {}
     if cfg.run_test:

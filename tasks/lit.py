@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metri
 from torch import nn
 
 from tasks.base import Task
-from tasks.common.checkpoint import TASK_KEY, check_checkpoint_matches
+from tasks.common.checkpoint import TASK_KEY
 from tasks.common.schedule import warmup_cosine
 
 
@@ -80,11 +80,6 @@ class TaskModule(L.LightningModule):
         """Record which task and model configuration wrote the checkpoint (plain values: loadable with
         ``weights_only=True``)."""
         checkpoint[TASK_KEY] = {"task": self.task.name, "model": _plain(self.task.model_cfg)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse, in one line, a checkpoint of another task or model configuration."""
-        where = self.task.run.resume_from or "(checkpoint)"
-        check_checkpoint_matches(checkpoint, self.task.name, _plain(self.task.model_cfg), where)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self._trainer is not None and self.trainer.training

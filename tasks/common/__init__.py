@@ -7,13 +7,20 @@ from tasks.common.checkpoint import (
     load_checkpoint,
     model_state_dict,
 )
-from tasks.common.report import format_table, plot_metrics, save_artifacts, write_results
+from tasks.common.report import (
+    appending_csv_logger,
+    format_table,
+    plot_metrics,
+    save_artifacts,
+    write_results,
+)
 from tasks.common.schedule import warmup_cosine
 
 __all__ = [
     "AtomicCheckpointIO",
     "ResumableModelCheckpoint",
     "SigtermCheckpoint",
+    "appending_csv_logger",
     "format_table",
     "load_checkpoint",
     "model_state_dict",

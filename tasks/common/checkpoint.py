@@ -141,10 +141,11 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> dict[st
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated zip, a text file, a pickle with code in it
-        why = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        first = str(err).splitlines()[0] if str(err) else ""
+        why = "refused by weights_only" if "Weights only load failed" in first else first[:160]
         raise ValueError(
-            f"checkpoint {path} cannot be read safely ({why}); "
-            "it is truncated, not a checkpoint, or holds objects other than tensors and plain values."
+            f"checkpoint {path} cannot be read safely ({type(err).__name__}: {why}); it is truncated, not a "
+            "checkpoint, or holds objects other than tensors and plain values (no code is run from a file)."
         ) from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ValueError(f"{path} is not a checkpoint written by train.py (no state_dict in it).")

@@ -106,3 +106,26 @@ def plot_metrics(metrics_csv: Path, out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def appending_csv_logger(run_dir: Path):
+    """Lightning's ``CSVLogger`` writing ``<run_dir>/metrics.csv``, except that a ``metrics.csv`` already
+    there (a run resumed into its own folder) keeps its rows: new rows are appended (Lightning deletes the
+    file, and warns about the folder Hydra has already written into)."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class _AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                    self.metrics_keys = next(csv.reader(f), [])  # the header: new keys rewrite it
+
+    class _AppendingCSVLogger(CSVLogger):
+        @property
+        def experiment(self) -> ExperimentWriter:
+            if self._experiment is None:
+                self._experiment = _AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return _AppendingCSVLogger(run_dir, name="", version="")

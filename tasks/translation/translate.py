@@ -7,18 +7,22 @@ The tokenizer (``tokenizer.json``) and model settings (``translation.json``) are
 checkpoint sits in (its folder, parent or grandparent). Options are ``key=value`` words: ``ckpt`` (required),
 ``beam`` (beam width; 1 = greedy), ``alpha`` (length-penalty exponent), ``lp`` (gnmt, length, none),
 ``max_len_a`` / ``max_len_b``, ``device`` (cpu, cuda), ``batch`` (sentences per batch); ``--file PATH``
-reads one sentence a line (``-`` for standard input). Translations go to standard output, one a line.
+reads one sentence a line (``-`` for standard input). Translations go to standard output, one a line: line i
+is the translation of input line i (a blank input line gives a blank line).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tasks.common.checkpoint import load_checkpoint
 
 from .data import PAD_ID, decode, encode, find_run_dir, load_tokenizer, pad_batch
 from .model import Seq2SeqTransformer
@@ -56,7 +60,7 @@ class Translator:
             self.tgt_tokenizer = load_tokenizer(run / files["tgt"])
         cfg = dict(self.info["model"])
         self.model = Seq2SeqTransformer(cfg.pop("src_vocab_size"), cfg.pop("tgt_vocab_size"), **cfg)
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt, task="translation")  # weights_only: no code runs from the file
         self.model.load_state_dict(_model_state(state, self.model))
         self.device = torch.device(device)
         self.model.to(self.device).eval()
@@ -108,6 +112,8 @@ def _model_state(state: dict[str, Any], model: torch.nn.Module) -> dict[str, tor
 
 
 USAGE = __doc__ or ""
+#: the ``key=value`` options of the command line
+OPTIONS = ("ckpt", "beam", "alpha", "lp", "max_len_a", "max_len_b", "device", "batch", "run_dir")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,24 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit("error: --file needs a path (or - for standard input)")
             path = args[i + 1]
             lines = sys.stdin.read().splitlines() if path == "-" else _read(path)
-            sentences += [line for line in lines if line.strip()]
+            sentences += lines  # blank lines stay: output line i is the translation of input line i
             i += 2
             continue
+        key = arg.split("=", 1)[0]
         if arg == "greedy":
             opts["beam"] = "1"
-        elif "=" in arg and arg.split("=", 1)[0] in (
-            "ckpt",
-            "beam",
-            "alpha",
-            "lp",
-            "max_len_a",
-            "max_len_b",
-            "device",
-            "batch",
-            "run_dir",
-        ):
-            key, value = arg.split("=", 1)
-            opts[key] = value
+        elif "=" in arg and key in OPTIONS:
+            opts[key] = arg.split("=", 1)[1]
+        elif re.fullmatch(r"[A-Za-z_]\w*=\S*", arg):  # looks like an option, not a sentence: a typo?
+            raise SystemExit(
+                f"error: unknown option {arg!r}; known options: {', '.join(OPTIONS)}. "
+                "To translate such a text, put it in a file and pass --file PATH."
+            )
         else:
             sentences.append(arg)
         i += 1
@@ -152,18 +153,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not sentences:
         raise SystemExit("error: no sentences; pass them as arguments or with --file PATH")
     translator = Translator(opts["ckpt"], opts.get("run_dir"), device=opts.get("device", "cpu"))
+    text = [s for s in sentences if s.strip()]
     hyps = translator(
-        sentences,
-        beam_size=int(opts["beam"]) if "beam" in opts else None,
-        batch_size=int(opts.get("batch", 64)),
-        alpha=float(opts["alpha"]) if "alpha" in opts else None,
+        text,
+        beam_size=_number(opts, "beam", int),
+        batch_size=_number(opts, "batch", int) or 64,
+        alpha=_number(opts, "alpha", float),
         lp_style=opts.get("lp"),
-        max_len_a=float(opts["max_len_a"]) if "max_len_a" in opts else None,
-        max_len_b=int(opts["max_len_b"]) if "max_len_b" in opts else None,
+        max_len_a=_number(opts, "max_len_a", float),
+        max_len_b=_number(opts, "max_len_b", int),
     )
-    for hyp in hyps:
-        print(hyp)
+    translated = iter(hyps)
+    for sentence in sentences:  # one output line per input line; a blank line stays blank
+        print(next(translated) if sentence.strip() else "")
     return 0
+
+
+def _number(opts: dict[str, str], key: str, kind: type) -> Any:
+    """``opts[key]`` as an int or float (``None`` when absent); a bad value exits naming the option."""
+    if key not in opts:
+        return None
+    try:
+        return kind(opts[key])
+    except ValueError:
+        kind_name = "an integer" if kind is int else "a number"
+        raise SystemExit(f"error: {key}={opts[key]!r} is not {kind_name}") from None
 
 
 def _read(path: str) -> list[str]:
@@ -174,4 +188,7 @@ def _read(path: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except (FileNotFoundError, ValueError) as err:  # a bad checkpoint or run folder: one line, no traceback
+        raise SystemExit(f"error: {err}") from None

@@ -78,20 +78,22 @@ def test_train_few_steps_then_resume(tmp_path: Path):
         in proc.stdout + proc.stderr
     )
 
+    # resumed into its own folder: the earlier rows of metrics.csv stay, the new ones are appended
+    before = (run1 / "metrics.csv").read_text().splitlines()
+    args = [*TINY_VISION, "trainer.max_steps=5", f"hydra.run.dir={run1}", f"paths.cache_dir={tmp_path}"]
+    proc = run_train([*args, f"ckpt_path={run1 / 'checkpoints/last.ckpt'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = (run1 / "metrics.csv").read_text().splitlines()
+    assert after[: len(before)] == before and len(after) > len(before), "earlier metrics rows were lost"
+    assert "exists and is not empty" not in proc.stderr
+
 
 def test_multirun_sweep_runs_two_jobs(tmp_path: Path):
-    sweep = tmp_path / "sweep"
-    proc = run_train(
-        [
-            "-m",
-            *TINY_VISION,
-            "trainer.max_steps=1,2",
-            "run_test=false",
-            "save_artifacts=false",
-            f"hydra.sweep.dir={sweep}",
-        ]
-    )
+    """The README's sweep, as a user types it (the default sweep folder, no hydra.sweep.dir)."""
+    args = ["-m", *TINY_VISION, "trainer.max_steps=1,2", "run_test=false", "save_artifacts=false"]
+    proc = run_train(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun" / "vision").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"]
     assert [_global_step(j / "checkpoints/last.ckpt") for j in jobs] == [1, 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import sacrebleu
@@ -106,14 +107,42 @@ def test_translator_and_cli_load_checkpoint_with_its_tokenizer(trained, tmp_path
     )
     assert json.loads((tmp_path / MODEL_FILE).read_text())["src_lang"] == "en"
     src_file = tmp_path / "in.txt"
-    src_file.write_text("\n".join(s for s, _ in pairs[:3]) + "\n", encoding="utf-8")
+    src_file.write_text(f"{pairs[0][0]}\n\n{pairs[1][0]}\n   \n{pairs[2][0]}\n", encoding="utf-8")
     assert main([f"ckpt={ckpt}", pairs[3][0], "--file", str(src_file), "beam=3"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed == [beam[3], *beam[:3]]
+    assert printed == [beam[3], beam[0], "", beam[1], "", beam[2]], "output lines line up with input lines"
     with pytest.raises(SystemExit, match="ckpt="):
         main(["hello"])
+    with pytest.raises(SystemExit, match=r"unknown option 'beem=5'; known options: ckpt, beam"):
+        main([f"ckpt={ckpt}", "beem=5", "forty-two"])
+    with pytest.raises(SystemExit, match=r"beam='five' is not an integer"):
+        main([f"ckpt={ckpt}", "beam=five", "forty-two"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Translator(tmp_path / "nope.ckpt")
+
+
+def test_translator_runs_no_code_from_a_crafted_checkpoint(trained, tmp_path):
+    """A pickle that would run code when unpickled is refused (weights_only=True), in one clear line, and
+    its payload never runs; a truncated checkpoint is named too."""
+    trained.task.save_artifacts(trained.model, trained.dm, tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (tmp_path / "checkpoints").mkdir()
+    crafted = tmp_path / "checkpoints" / "crafted.ckpt"
+    torch.save({"state_dict": {}, "x": Payload()}, crafted)
+    with pytest.raises(ValueError, match=r"crafted.ckpt cannot be read safely"):
+        Translator(crafted)
+    assert not marker.exists(), "the checkpoint's payload ran"
+    good = tmp_path / "checkpoints" / "good.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.model.state_dict().items()}}, good)
+    truncated = tmp_path / "checkpoints" / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"truncated.ckpt cannot be read safely"):
+        Translator(truncated)
 
 
 def _src(trained, n):
