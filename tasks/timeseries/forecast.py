@@ -117,7 +117,7 @@ def _write_csv(
 
 
 def _plot(path: Path, series: Any, pred: np.ndarray, future: np.ndarray, lookback: int) -> None:
-    """History (the last look-back rows) and forecast, one panel per channel (at most 8), written atomically."""
+    """History (the last look-back rows) and forecast, one panel per channel (at most 8); atomic."""
     import matplotlib
 
     matplotlib.use("Agg")
