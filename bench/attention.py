@@ -102,6 +102,7 @@ SDPA = {
     "sdpa-math": "MATH",
 }
 DTYPE = torch.bfloat16
+FLEX = True  # --no-flex: leave out the compiled FlexAttention row (it compiles per shape and pass)
 
 
 def calibrate(fn: Callable[[], object], target_ms: float = 10.0) -> int:
@@ -248,7 +249,7 @@ def kernel_rows(shape: Shape, backward: bool) -> list[dict]:
             fns[name + " (k/v repeated)"] = repeated(forced)
         else:
             fns[name] = lambda forced=forced: forced(q, k, v, enable_gqa=gqa, **sdpa_args)
-    if DEVICE == "cuda" and mask is None and lq == lk:  # compiled Flex on CPU takes a minute to build
+    if FLEX and DEVICE == "cuda" and mask is None and lq == lk:  # compiled Flex on CPU takes a minute
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         flex = torch.compile(flex_attention, dynamic=False)
@@ -521,7 +522,7 @@ def write_section(path: Path, text: str) -> None:
 
 
 def main() -> None:
-    global DEVICE, SAMPLES
+    global DEVICE, SAMPLES, FLEX
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -547,8 +548,10 @@ def main() -> None:
         default=SAMPLES,
         help="interleaved timing passes (one ~10 ms sample of every row each); ms = the median sample",
     )
+    parser.add_argument("--no-flex", action="store_true", help="leave out the compiled FlexAttention row")
     args = parser.parse_args()
     DEVICE = args.device
+    FLEX = not args.no_flex
     SAMPLES = max(1, args.samples)
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit(

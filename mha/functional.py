@@ -151,7 +151,9 @@ def _attend(
         backend = "eager" if return_weights else _auto_backend(q, k, v, dropout_p=dropout_p, flex=flex)
     q_len, k_len = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    if mask is None and (not is_causal or q_len == k_len) and backend == "sdpa":  # the common call
+    if is_causal and q_len == 1:  # a decode step's single query sees every key
+        is_causal = False
+    if mask is None and backend == "sdpa" and (not is_causal or q_len == k_len):  # the common call
         _STATE["last"] = "sdpa"
         return F.scaled_dot_product_attention(
             q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=gqa
@@ -162,9 +164,8 @@ def _attend(
         mask = mask.to(q.dtype)
     if is_causal and block_mask is None and (q_len != k_len or mask is not None):
         # SDPA's is_causal is top-left aligned and does not combine with a mask: build the mask ourselves
-        if q_len > 1:  # (a single query, the decode step, sees every key: no mask at all)
-            mask = and_masks(mask, causal_mask(q_len, k_len, device=q.device), q.dtype)
-            empty_rows = empty_rows or q_len > k_len
+        mask = and_masks(mask, causal_mask(q_len, k_len, device=q.device), q.dtype)
+        empty_rows = empty_rows or q_len > k_len
         is_causal = False
     keep = None
     if mask is not None and empty_rows:
