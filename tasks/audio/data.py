@@ -20,7 +20,8 @@ Every clip is read with ``soundfile``, mixed to mono, resampled to ``sample_rate
 :mod:`tasks.audio.predict` applies). Decoded data is cached as one ``.pt`` file under ``cache_dir``, keyed by
 the source, its files' count / size / modification times and the settings, and written atomically (a
 temporary file, then ``os.replace``). Batches leave the loader as ``(waves int16 (B, samples), labels int64
-(B,))``; features and augmentation are computed on the device (:meth:`tasks.audio.task.AudioTask.on_device_batch`).
+(B,))``; features and augmentation are computed on the device
+(:meth:`tasks.audio.task.AudioTask.on_device_batch`).
 """
 
 from __future__ import annotations
@@ -128,12 +129,14 @@ def read_wav(path: Path, expected_rate: int | None = None) -> tuple[np.ndarray, 
 
 
 def fit_clip(wave: torch.Tensor, length: int) -> torch.Tensor:
-    """Cut a float clip (n,) to ``length`` samples: the window of a longer clip with the most energy, or the
-    clip zero-padded equally on both sides."""
+    """Cut a float clip (n,) to ``length`` samples: the window of a longer clip with the most energy (the
+    middle one of equal windows), or the clip zero-padded equally on both sides."""
     n = wave.shape[0]
     if n > length:
         energy = torch.cat([torch.zeros(1, dtype=torch.float64), wave.double().square().cumsum(0)])
-        start = int((energy[length:] - energy[:-length]).argmax())
+        window = energy[length:] - energy[:-length]  # energy of the window starting at each sample
+        best = torch.nonzero(window >= window.max() * (1 - 1e-9)).flatten()
+        start = int(best[len(best) // 2])  # the middle of tied windows: a short word lands in the centre
         return wave[start : start + length]
     left = (length - n) // 2
     return torch.nn.functional.pad(wave, (left, length - n - left))
@@ -175,15 +178,23 @@ def _stamp(paths: list[Path]) -> str:
 
 
 def _section(name: str, given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated by ``given`` (unknown keys, or words that are not strings, raise)."""
     unknown = sorted(set(given or {}) - set(defaults))
     if unknown:
         raise ValueError(f"unknown task.data.{name} keys {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **(given or {})}
+    cfg = {**defaults, **(given or {})}
+    bad = [w for w in cfg.get("words", []) if not isinstance(w, str) or not w]
+    if bad:
+        raise ValueError(
+            f"task.data.{name}.words holds {bad}, not words; quote them in YAML (yes, no, on, off are "
+            'booleans there): words: ["yes", "no", ...]'
+        )
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------- sources
 def espeak_keywords(sample_rate: int, length: int, seed: int, settings: dict[str, Any]) -> dict[str, Any]:
-    """Synthesise the keywords over eSpeak NG's voice variants, split by variant (see the module docstring)."""
+    """Synthesise the keywords over eSpeak NG's voice variants, split by variant (module docstring)."""
     from tasks.audio import espeak
 
     cfg = _section("espeak", settings, ESPEAK_DEFAULTS)
@@ -494,7 +505,8 @@ class AudioDataModule(L.LightningDataModule):
             raise ValueError(f"task.data.batch_size must be >= 1, got {batch_size}")
         if sample_rate < 1000 or clip_seconds <= 0:
             raise ValueError(
-                f"task.data.sample_rate={sample_rate} / clip_seconds={clip_seconds}: need >= 1000 Hz and > 0 s"
+                f"task.data.sample_rate={sample_rate} / clip_seconds={clip_seconds}: "
+                "need >= 1000 Hz and > 0 s"
             )
         defaults = {
             "espeak": ESPEAK_DEFAULTS,

@@ -58,7 +58,8 @@ class SpectrogramTransformer(nn.Module):
             raise ValueError(f"task.model.pool must be 'token' or 'avg', got {pool!r}")
         if n_mels % patch_freq or patch_time < 1:
             raise ValueError(
-                f"task.model.patch_freq={patch_freq} must divide n_mels={n_mels}, patch_time={patch_time} >= 1"
+                f"task.model.patch_freq={patch_freq} must divide n_mels={n_mels}, "
+                f"and patch_time={patch_time} must be >= 1"
             )
         if embed_dim % num_heads:
             raise ValueError(f"task.model.embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
