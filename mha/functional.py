@@ -149,8 +149,9 @@ def _attend(
     if backend == "auto":
         flex = score_mod is not None or block_mask is not None
         backend = "eager" if return_weights else _auto_backend(q, k, v, dropout_p=dropout_p, flex=flex)
-    q_len, k_len = q.shape[2], k.shape[2]
-    gqa = q.shape[1] != k.shape[1]
+    qs, ks = q.shape, k.shape
+    q_len, k_len = qs[2], ks[2]
+    gqa = qs[1] != ks[1]
     if is_causal and q_len == 1:  # a decode step's single query sees every key
         is_causal = False
     if mask is None and backend == "sdpa" and (not is_causal or q_len == k_len):  # the common call
@@ -241,24 +242,26 @@ def _check_inputs(
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
+    qs, ks, vs = q.shape, k.shape, v.shape  # (each .shape builds a new object: read once)
+    for name, shape in (("q", qs), ("k", ks), ("v", vs)):
+        if len(shape) != 4:
             raise ValueError(
-                f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(t.shape)}; "
+                f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(shape)}; "
                 "for (batch, seq, embed) inputs use mha.MultiHeadAttention"
             )
-    if not (q.shape[0] == k.shape[0] == v.shape[0]):
-        raise ValueError(f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}")
-    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-        raise ValueError(f"k and v must share (kv_heads, k_len): k {tuple(k.shape)} vs v {tuple(v.shape)}")
-    if q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k head_dim differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if not (qs[0] == ks[0] == vs[0]):
+        raise ValueError(f"batch sizes differ: q {qs[0]}, k {ks[0]}, v {vs[0]}")
+    if ks[1] != vs[1] or ks[2] != vs[2]:
+        raise ValueError(f"k and v must share (kv_heads, k_len): k {tuple(ks)} vs v {tuple(vs)}")
+    if qs[1] % ks[1] != 0:
+        raise ValueError(f"query heads ({qs[1]}) must be a multiple of key/value heads ({ks[1]})")
+    if qs[3] != ks[3]:
+        raise ValueError(f"q and k head_dim differ: {qs[3]} vs {ks[3]}")
     if mask is not None:
         if not isinstance(mask, Tensor):
             raise TypeError(f"mask must be a Tensor or None, got {type(mask).__name__}")
         _check_mask_dtype(mask, "mask")
-        _check_broadcast(mask, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), "mask")
+        _check_broadcast(mask, (qs[0], qs[1], qs[2], ks[2]), "mask")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not 0.0 <= dropout_p < 1.0:
