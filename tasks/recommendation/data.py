@@ -264,11 +264,19 @@ def _pad_right(rows: list[list[int]], width: int | None = None) -> torch.Tensor:
 
 
 class TrainSequences(Dataset):
-    """One training sequence per user (its items before the validation target, the last ``max_len + 1``):
-    inputs are items ``0..n-2``, targets items ``1..n-1``. Users with a single training item are left out."""
+    """Training sequences: a user's items before the validation target, cut from the end into windows of
+    ``max_len + 1`` items that overlap by one (``all_windows``; else only the last window), so every
+    training transition is a target once per epoch. Inputs are items ``0..n-2`` of a window, targets
+    ``1..n-1``. Users with a single training item have no transition and are left out."""
 
-    def __init__(self, seqs: list[list[int]], max_len: int) -> None:
-        self.seqs = [s[:-2][-(max_len + 1) :] for s in seqs if len(s) >= 4]
+    def __init__(self, seqs: list[list[int]], max_len: int, all_windows: bool = True) -> None:
+        self.seqs = []
+        for seq in seqs:
+            train = seq[:-2]
+            stop = len(train)
+            while stop >= 2:
+                self.seqs.append(train[max(0, stop - max_len - 1) : stop])
+                stop = stop - max_len if all_windows else 0
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -333,6 +341,8 @@ class RecommendationDataModule(L.LightningDataModule):
         min_interactions: users with fewer interactions are dropped (>= 3).
         k_core: keep only users and items with >= ``k_core`` interactions first (0: off).
         max_len: the model sees a user's last ``max_len`` items.
+        all_windows: train on every window of ``max_len + 1`` items of a long training sequence (else only
+            its last window, as SASRec does).
         num_negatives: negatives per user of the sampled protocol (0: report full ranking only).
         batch_size: training users per batch (per device under DDP).
         eval_batch_size: users per val / test batch.
@@ -347,6 +357,7 @@ class RecommendationDataModule(L.LightningDataModule):
         min_interactions: int = 3,
         k_core: int = 0,
         max_len: int = 200,
+        all_windows: bool = True,
         num_negatives: int = 100,
         batch_size: int = 128,
         eval_batch_size: int = 256,
@@ -367,7 +378,7 @@ class RecommendationDataModule(L.LightningDataModule):
                 raise ValueError(f"task.data.{key} must be >= {low}, got {value}")
         self.path, self.titles = path, titles
         self.min_interactions, self.k_core = min_interactions, k_core
-        self.max_len, self.num_negatives = max_len, num_negatives
+        self.max_len, self.all_windows, self.num_negatives = max_len, all_windows, num_negatives
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
         self.data: Sequences | None = None
@@ -403,7 +414,7 @@ class RecommendationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        dataset = TrainSequences(self.data.seqs, self.max_len)
+        dataset = TrainSequences(self.data.seqs, self.max_len, self.all_windows)
         sampler = train_sampler(dataset, self.seed)
         return DataLoader(
             dataset,
