@@ -199,3 +199,16 @@ def test_unknown_settings_and_unquoted_yaml_words():
         AudioDataModule(source="librispeech")
     with pytest.raises(ValueError, match=r"words holds \[True, False\], not words; quote them"):
         AudioDataModule(espeak={"words": [True, False, "up"]})
+
+
+def test_task_model_keys_that_clash_with_the_data(fsdd_root):
+    from tasks.audio.task import AudioTask
+
+    data = {"source": "fsdd", "root": str(fsdd_root), "sample_rate": 8000, "cache_dir": None}
+    task = AudioTask(data=data, model={"num_classes": 3})
+    with pytest.raises(
+        ValueError, match=r"task.model \{'num_classes': 3\} disagrees with the features / data"
+    ):
+        task.build_model(task.build_datamodule())
+    with pytest.raises(ValueError, match=r"task.label_smoothing must be in \[0, 1\), got 1.5"):
+        AudioTask(label_smoothing=1.5)
