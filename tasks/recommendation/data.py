@@ -190,9 +190,7 @@ def build_sequences(
         k_core: if > 0, first keep only users and items with at least ``k_core`` interactions (iterated).
     """
     if min_interactions < 3:
-        raise ValueError(
-            f"task.data.min_interactions={min_interactions}; leave-one-out needs >= 3 per user"
-        )
+        raise ValueError(f"task.data.min_interactions={min_interactions}; leave-one-out needs >= 3 per user")
     by_user: dict[int, list[tuple[float, int]]] = {}
     for i, (user, item) in enumerate(zip(users, items, strict=True)):
         by_user.setdefault(user, []).append((times[i] if times is not None else 0.0, item))
@@ -226,9 +224,7 @@ def titles_path(path: str | None, titles: str | None) -> Path | None:
     return embedded_dir() / "ml-100k.item" if path is None else None
 
 
-def sample_negatives(
-    seqs: list[list[int]], num_items: int, num_negatives: int, seed: int
-) -> torch.Tensor:
+def sample_negatives(seqs: list[list[int]], num_items: int, num_negatives: int, seed: int) -> torch.Tensor:
     """Uniform negatives for the sampled protocol: items the user never interacted with (any split),
     drawn with replacement (as SASRec does) from a seeded generator.
 
@@ -449,4 +445,3 @@ class RecommendationDataModule(L.LightningDataModule):
         n = sum(map(len, self.data.seqs))
         users, items = len(self.data.seqs), self.data.num_items
         return {"users": users, "items": items, "interactions": n, "density": n / max(1, users * items)}
-

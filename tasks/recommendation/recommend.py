@@ -42,7 +42,9 @@ class Recommender:
     def __init__(self, ckpt: str | Path, device: str = "cpu") -> None:
         ckpt = Path(ckpt).expanduser()
         state = load_checkpoint(ckpt, task="recommendation")
-        card_path = next((d / MODEL_FILE for d in (ckpt.parent.parent, ckpt.parent) if (d / MODEL_FILE).is_file()), None)
+        card_path = next(
+            (d / MODEL_FILE for d in (ckpt.parent.parent, ckpt.parent) if (d / MODEL_FILE).is_file()), None
+        )
         if card_path is None:
             raise FileNotFoundError(
                 f"{ckpt.parent.parent / MODEL_FILE} is missing; it is written into the run folder by "

@@ -103,9 +103,13 @@ class RecommendationTask(Task):
         neg_logit = torch.einsum("pe,pne->pn", h, table[neg])  # (P, n)
         return F.binary_cross_entropy_with_logits(
             pos_logit.float(), torch.ones_like(pos_logit, dtype=torch.float)
-        ) + F.binary_cross_entropy_with_logits(neg_logit.float(), torch.zeros_like(neg_logit, dtype=torch.float))
+        ) + F.binary_cross_entropy_with_logits(
+            neg_logit.float(), torch.zeros_like(neg_logit, dtype=torch.float)
+        )
 
-    def eval_step(self, model: SASRec, batch: dict[str, torch.Tensor], metrics: MetricCollection) -> torch.Tensor:
+    def eval_step(
+        self, model: SASRec, batch: dict[str, torch.Tensor], metrics: MetricCollection
+    ) -> torch.Tensor:
         """Rank each user's held-out target under both protocols; returns the target's CE."""
         scores = model.score_last(batch["items"], batch["lengths"]).float()  # (B, N + 1)
         ranks = protocol_ranks(

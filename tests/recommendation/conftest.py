@@ -21,6 +21,7 @@ TINY_RECOMMENDATION = [
     "trainer.max_epochs=1",
     "trainer.max_steps=3",
     "trainer.check_val_every_n_epoch=1",
+    "trainer.val_check_interval=3",  # validate (and save best.ckpt) at the last step
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",

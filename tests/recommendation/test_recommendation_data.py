@@ -36,7 +36,10 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     [
         ("7\t30\t4\t100\n7\t10\t3\t50\n", [100.0, 50.0]),  # MovieLens u.data
         ("7::30::4::100\n7::10::3::50\n", [100.0, 50.0]),  # ratings.dat
-        ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n7\t30\t4\t100\n7\t10\t3\t50\n", [100.0, 50.0]),
+        (
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\n7\t30\t4\t100\n7\t10\t3\t50\n",
+            [100.0, 50.0],
+        ),
         ("7,30,100\n7,10,50\n", [100.0, 50.0]),  # generic user,item,timestamp
         ("7 30\n\n7   10\n", None),  # generic user item: file order is time order
     ],
@@ -64,7 +67,13 @@ def test_no_future_item_in_a_training_sequence():
     seqs = [list(range(1, 31)), list(range(31, 36)), [36, 37, 38]]  # distinct items: positions are readable
     windows = TrainSequences(seqs, max_len=8).seqs
     # cut from the end of items[:-2] into windows of 9 overlapping by one: every transition once
-    assert windows == [list(range(20, 29)), list(range(12, 21)), list(range(4, 13)), [1, 2, 3, 4], [31, 32, 33]]
+    assert windows == [
+        list(range(20, 29)),
+        list(range(12, 21)),
+        list(range(4, 13)),
+        [1, 2, 3, 4],
+        [31, 32, 33],
+    ]
     for seq in seqs:
         held_out = set(seq[-2:])
         assert not any(held_out & set(w) for w in windows)
@@ -104,9 +113,16 @@ def test_sampled_negatives_are_seeded_and_unseen():
 
 def test_embedded_default_is_movielens_100k():
     dm = RecommendationDataModule(max_len=50)
-    assert dm.stats() == {"users": 943, "items": 1682, "interactions": 100_000, "density": 100_000 / (943 * 1682)}
+    assert dm.stats() == {
+        "users": 943,
+        "items": 1682,
+        "interactions": 100_000,
+        "density": 100_000 / (943 * 1682),
+    }
     assert [len(dm.eval_dataset(s)) for s in ("val", "test")] == [943, 943]
-    assert dm.negatives["val"].shape == (943, 100) and not torch.equal(dm.negatives["val"], dm.negatives["test"])
+    assert dm.negatives["val"].shape == (943, 100) and not torch.equal(
+        dm.negatives["val"], dm.negatives["test"]
+    )
 
 
 def test_movielens_file_gives_the_same_sequences_as_the_embedded_log(tmp_path):
@@ -125,7 +141,11 @@ def test_movielens_file_gives_the_same_sequences_as_the_embedded_log(tmp_path):
     ("text", "error", "match"),
     [
         ("1\t2\t3\t4\n1\t2\t3\n", ValueError, r"log\.txt: line 2 has 3 fields, earlier lines 4"),
-        ("1 2 3\n1 abc 4\n", ValueError, r"log\.txt: line 2: user / item ids must be integers, got '1' / 'abc'"),
+        (
+            "1 2 3\n1 abc 4\n",
+            ValueError,
+            r"log\.txt: line 2: user / item ids must be integers, got '1' / 'abc'",
+        ),
         ("1 2 3\n1 2 noon\n", ValueError, r"log\.txt: line 2: timestamp 'noon' is not a number"),
         ("42\n", ValueError, r"log\.txt: line 1 has one field"),
         ("\n\n", ValueError, r"log\.txt holds no interactions"),
