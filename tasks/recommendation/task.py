@@ -201,8 +201,7 @@ def plot_attention(model: SASRec, dm: RecommendationDataModule, num_users: int, 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    items, lengths = batch["items"].to(device), batch["lengths"].to(device)
-    _, weights = model.hidden(items, need_weights=True)
+    _, weights = model.hidden(batch["items"].to(device), need_weights=True)
     model.train(was_training)
     last = weights[-1].float().mean(1).cpu()  # (B, L, L): last layer, head mean
     fig, axes = plt.subplots(len(users), 1, figsize=(9, 2.6 * len(users)), squeeze=False)
@@ -216,8 +215,9 @@ def plot_attention(model: SASRec, dm: RecommendationDataModule, num_users: int, 
         ax.bar(range(shown), w, color="tab:blue")
         ax.set_xticks(range(shown), labels, rotation=60, ha="right", fontsize=6)
         target = dm.data.item_ids[int(batch["target"][row]) - 1]
+        following = _short(titles.get(target, str(target)), 40)
         ax.set_title(
-            f"user {dm.data.user_ids[u]}: {n} items seen, next: {_short(titles.get(target, str(target)), 40)}",
+            f"user {dm.data.user_ids[u]}: {n} items seen, next: {following}",
             fontsize=8,
         )
         ax.set_ylabel("attention", fontsize=7)
