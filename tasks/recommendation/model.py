@@ -96,7 +96,8 @@ class SASRec(nn.Module):
 
     def score_last(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Scores of the item after each history: ``items`` (B, L) right-padded, ``lengths`` (B,) ->
-        (B, N + 1)."""
+        (B, N + 1) float32 (also under autocast: ranks count ties against the target)."""
         h = self.hidden(items)[0]
         last = h[torch.arange(items.shape[0], device=items.device), lengths - 1]  # (B, E)
-        return last @ self.item_emb.weight.T
+        with torch.autocast(items.device.type, enabled=False):  # fp32 scores: bf16 would tie many items
+            return last.float() @ self.item_emb.weight.float().T

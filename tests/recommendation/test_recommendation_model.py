@@ -156,3 +156,12 @@ def test_task_settings_are_checked():
         RecommendationTask(monitor="full/ndcg@50")
     with pytest.raises(ValueError, match=r"task\.model\.num_items comes from the data"):
         RecommendationTask(model={"num_items": 5})
+
+
+def test_scores_stay_float32_under_bf16_autocast():
+    model = _model()
+    items = torch.tensor([[3, 7, 1, 9, 4]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model.score_last(items, torch.tensor([5]))
+    assert scores.dtype == torch.float32
+    assert scores[0, 1:].unique().numel() == 30  # no ties among the 30 items
