@@ -78,7 +78,14 @@ class TimeSeriesTask(Task):
         unknown = set(dlinear or {}) - set(DEFAULT_DLINEAR)
         if unknown:
             raise ValueError(f"unknown task.dlinear keys {sorted(unknown)}; known: {sorted(DEFAULT_DLINEAR)}")
+        for key in ("num_channels", "lookback", "horizon"):
+            if key in self.model_cfg:
+                raise ValueError(
+                    f"task.model.{key} is set from the data / task.{key}; remove task.model.{key}"
+                )
         self.lookback, self.horizon, self.period = int(lookback), int(horizon), int(period)
+        # recorded in checkpoints with task.model: a resume with another look-back / horizon is refused
+        self.model_cfg.update(lookback=self.lookback, horizon=self.horizon)
         self.loss_name, self.loss_fn = loss, LOSSES[loss]
         self.dlinear_cfg = {**DEFAULT_DLINEAR, **(dlinear or {})}
         self.num_plot_windows, self.num_plot_channels = num_plot_windows, num_plot_channels
@@ -91,10 +98,10 @@ class TimeSeriesTask(Task):
 
     def build_model(self, datamodule: TimeSeriesDataModule) -> PatchTST:
         datamodule.setup()
-        kwargs = {"num_channels": datamodule.num_channels, "lookback": self.lookback, "horizon": self.horizon}
-        model = PatchTST(**kwargs, **self.model_cfg)
+        kwargs = {"num_channels": datamodule.num_channels, **self.model_cfg}
+        model = PatchTST(**kwargs)
         if self.run.run_dir is not None:
-            write_model_card(Path(self.run.run_dir), {**kwargs, **self.model_cfg}, datamodule, self.period)
+            write_model_card(Path(self.run.run_dir), kwargs, datamodule, self.period)
         return model
 
     def build_metrics(self) -> MetricCollection:

@@ -88,6 +88,8 @@ def test_task_settings_are_checked():
         TimeSeriesTask(loss="l3")
     with pytest.raises(ValueError, match=r"unknown task.dlinear keys \['epoch'\]"):
         TimeSeriesTask(dlinear={"epoch": 3})
+    with pytest.raises(ValueError, match=r"task.model.horizon is set from the data / task.horizon"):
+        TimeSeriesTask(model={"horizon": 12})
     task = TimeSeriesTask(lookback=48, horizon=12, model={"patch_len": 64})
     with pytest.raises(ValueError, match=r"task.model.patch_len=64 must be between 1 and task.lookback=48"):
         task.build_model(task.build_datamodule())
@@ -121,6 +123,10 @@ def test_forecast_command_writes_csv_and_png(trained_run: Path, tmp_path: Path, 
     ckpt = trained_run / "checkpoints" / "best.ckpt"
     assert main([f"ckpt={ckpt}", "--csv", str(csv_path)]) == 0
     assert "forecast of 12 rows written to" in capsys.readouterr().out
+    assert main([f"ckpt={ckpt}", "--csv", str(csv_path), f"out={tmp_path / 'f.csv'}", "device=cpu"]) == 0
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "f.csv"), pd.read_csv(tmp_path / "weather_forecast.csv")
+    )
     out = pd.read_csv(tmp_path / "weather_forecast.csv")
     assert list(out.columns) == ["date", *series.channels] and len(out) == 12
     assert out["date"].iloc[0] == str(pd.Timestamp(series.dates[499]) + pd.Timedelta(hours=1))
@@ -161,8 +167,9 @@ def test_forecast_errors_are_one_line_and_write_nothing(trained_run: Path, tmp_p
         Forecaster(tmp_path / "vision.ckpt", run_dir=trained_run)
 
 
-def test_etth1_recipe_runs_on_a_tiny_stand_in(tmp_path: Path):
-    """The README's ETTh1 command, steps cut, on a random file of ETTh1's shape (never the real data)."""
+def test_etth1_recipe_sweep_runs_on_a_tiny_stand_in(tmp_path: Path):
+    """The README's ETTh1 sweep (``-m task.horizon=...``), steps cut, on a random file of ETTh1's shape
+    (never the real data), from another working folder so that the recipe's paths are exercised."""
     path = tmp_path / "data" / "ett-small" / "ETTh1.csv"
     frame = write_series(path, 14400, channels=7)
     frame.columns = ["date", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
@@ -171,7 +178,8 @@ def test_etth1_recipe_runs_on_a_tiny_stand_in(tmp_path: Path):
         [
             "experiment=timeseries_etth1",
             f"paths.data_dir={tmp_path / 'data'}",
-            f"hydra.run.dir={tmp_path / 'run'}",
+            "-m",
+            "task.horizon=24",
             "trainer=default",
             "trainer.max_steps=2",
             "trainer.max_epochs=1",
@@ -183,10 +191,22 @@ def test_etth1_recipe_runs_on_a_tiny_stand_in(tmp_path: Path):
             "task.dlinear.epochs=1",
             "task.dlinear.batch_size=1024",
             "save_artifacts=false",
-        ]
+        ],
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = pd.read_csv(tmp_path / "run" / "results.csv")
+    (job,) = (tmp_path / "multirun" / "timeseries").glob("*/0")
+    rows = pd.read_csv(job / "results.csv")
     assert list(rows["model"]) == ["timeseries (ours)", "last value", "seasonal naive (period 24)", "DLinear"]
-    card = json.loads((tmp_path / "run" / MODEL_FILE).read_text())
-    assert card["model"]["lookback"] == 336 and len(card["channels"]) == 7
+    card = json.loads((job / MODEL_FILE).read_text())
+    assert card["model"]["lookback"] == 336 and card["model"]["horizon"] == 24 and len(card["channels"]) == 7
+
+
+def test_a_checkpoint_of_another_horizon_is_refused_in_one_line():
+    """Look-back and horizon are recorded with task.model in checkpoints, so a resume or a test with another
+    horizon names the setting instead of listing mismatched tensors."""
+    from tasks.common.checkpoint import TASK_KEY, check_checkpoint_matches
+
+    saved = {TASK_KEY: {"task": "timeseries", "model": TimeSeriesTask(horizon=96).model_cfg}}
+    with pytest.raises(ValueError, match=r"task.model.horizon=96 \(this run: 192\)"):
+        check_checkpoint_matches(saved, "timeseries", TimeSeriesTask(horizon=192).model_cfg, "last.ckpt")
