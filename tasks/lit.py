@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metri
 from torch import nn
 
 from tasks.base import Task
-from tasks.common.checkpoint import TASK_KEY
+from tasks.common.checkpoint import TASK_KEY, rng_state, set_rng_state
 from tasks.common.schedule import warmup_cosine
 
 
@@ -77,9 +77,20 @@ class TaskModule(L.LightningModule):
         return self.model(*args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record which task and model configuration wrote the checkpoint (plain values: loadable with
-        ``weights_only=True``)."""
-        checkpoint[TASK_KEY] = {"task": self.task.name, "model": _plain(self.task.model_cfg)}
+        """Record which task and model configuration wrote the checkpoint, and the random generators'
+        states (plain values and tensors: loadable with ``weights_only=True``)."""
+        checkpoint[TASK_KEY] = {
+            "task": self.task.name,
+            "model": _plain(self.task.model_cfg),
+            "rng": rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming: restore the random generators, so that data order, augmentation and dropout go on as
+        in a run that was never stopped."""
+        rng = (checkpoint.get(TASK_KEY) or {}).get("rng")
+        if rng is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            set_rng_state(rng)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self._trainer is not None and self.trainer.training

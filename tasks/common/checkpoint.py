@@ -157,6 +157,48 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> dict[st
     return state
 
 
+def rng_state() -> dict[str, Any]:
+    """The random generators' states as tensors and plain values (loadable with ``weights_only=True``):
+    Python's, NumPy's, torch's CPU and (when in use) CUDA generators."""
+    import random
+
+    import numpy as np
+
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "gauss": gauss,
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (the CUDA states only onto as many devices as there are)."""
+    import random
+
+    import numpy as np
+
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+def _tuples(value: Any) -> Any:
+    """Lists back to tuples (``random.setstate`` wants the tuple ``getstate`` gave)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def model_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The model's weights from a ``train.py`` checkpoint (keys without the ``model.`` prefix; a compiled
     model's ``_orig_mod.`` is dropped too)."""

@@ -25,12 +25,12 @@ def process_rank() -> tuple[int, int]:
     return 0, 1
 
 
-def train_sampler(dataset: Dataset, seed: int) -> DistributedSampler | None:
-    """Under DDP: a shuffling ``DistributedSampler`` with equal shards (the incomplete tail is dropped, so
-    every process runs the same number of steps); Lightning calls its ``set_epoch``.  ``None`` otherwise."""
+def train_sampler(dataset: Dataset, seed: int) -> DistributedSampler:
+    """The training order: a ``DistributedSampler`` whose permutation depends on ``seed`` and the epoch
+    alone (Lightning calls its ``set_epoch``), so a resumed run draws the same order as one never stopped.
+    Under DDP each process gets an equal, disjoint shard (the incomplete tail is dropped, so every process
+    runs the same number of steps); in one process the shard is the whole dataset."""
     rank, world = process_rank()
-    if world == 1:
-        return None
     return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
 
 

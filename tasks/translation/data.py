@@ -625,10 +625,15 @@ class TokenBatchSampler(Sampler[list[int]]):
             batches = self._make(random.Random(self.seed * 100_003 + self.epoch))
         return shard_batches(batches, even=True)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at each epoch's start: the order depends on the seed and the epoch alone,
+        so a resumed run goes on with the order of a run that was never stopped."""
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._epoch_batches()
         if self._batches is None:
-            self.epoch += 1
+            self.epoch += 1  # outside Lightning: the next iteration is the next epoch
         yield from batches
 
     def __len__(self) -> int:
@@ -813,17 +818,14 @@ class TranslationDataModule(L.LightningDataModule):
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
             )
-        gen = torch.Generator().manual_seed(self.seed)
-        sampler = train_sampler(ds, self.seed)  # DDP: this process's shard (None: one process)
+        sampler = train_sampler(ds, self.seed)  # order by seed and epoch; DDP: this process's shard
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=sampler is None,
             sampler=sampler,
-            drop_last=len(sampler if sampler is not None else ds) > self.batch_size,
+            drop_last=len(sampler) > self.batch_size,
             collate_fn=collate,
             num_workers=self.num_workers,
-            generator=gen,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -50,7 +50,10 @@ def test_vision_loaders_shard_without_repeats(monkeypatch):
     assert len({len(s) for s in train}) == 1 and len(train[0]) == n_train // 3  # equal training shares
     assert len({i for s in train for i in s}) == 3 * len(train[0])  # disjoint
     _as_rank(monkeypatch, 0, 1)
-    assert dm.train_dataloader().sampler.__class__.__name__ == "RandomSampler"  # one process: unchanged
+    whole = dm.train_dataloader().sampler  # one process: every training image, in an order set by seed+epoch
+    assert sorted(whole) == list(range(n_train)) and list(whole) == list(whole)
+    whole.set_epoch(1)
+    assert list(whole) != list(dm.train_dataloader().sampler), "each epoch draws a new order"
 
 
 def test_translation_loaders_shard_without_repeats(monkeypatch, tmp_path):

@@ -7,13 +7,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
-from tests.conftest import REPO, TINY_VISION, run_train, train_command
+from tests.conftest import REPO, TINY_TRANSLATION, TINY_VISION, run_train, train_command
 
 
 def _global_step(ckpt: Path) -> int:
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
 
 
 def _best_state(ckpt: Path) -> dict:
@@ -150,3 +151,51 @@ def test_sigterm_saves_the_current_step_and_exits_143(tmp_path: Path):
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _global_step(run2 / "checkpoints/last.ckpt") == step + 2
+
+
+_RESUME_RUNS = {
+    "vision": [
+        *TINY_VISION,
+        "trainer.val_check_interval=null",  # validate (and write last.ckpt) at each epoch's end
+        "task.model.dropout=0.1",  # dropout and MixUp draw random numbers in every step
+        "task.augment.mixup_alpha=0.2",
+    ],
+    "translation": [
+        *TINY_TRANSLATION,
+        "task.data.numbers.train_size=512",  # 4 steps an epoch
+        "task.data.numbers.val_size=16",
+        "task.data.numbers.test_size=32",
+        "task.decode.val_sentences=16",
+        "task.model.dropout=0.1",
+    ],
+}
+
+
+@pytest.mark.parametrize("task", sorted(_RESUME_RUNS))
+def test_kill_and_resume_ends_with_the_same_metrics(tmp_path: Path, task: str):
+    """kill -9 after the first checkpoint, resume from it: the final test metrics equal those of a run that
+    was never stopped (the checkpoint restores the random generators: data order, dropout, MixUp)."""
+    args = [*_RESUME_RUNS[task], "trainer.max_epochs=3", f"paths.cache_dir={tmp_path / 'cache'}"]
+    whole = run_train([*args, f"hydra.run.dir={tmp_path / 'whole'}"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cmd, env = train_command([*args, f"hydra.run.dir={tmp_path / 'killed'}"])
+    killed = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not first.is_file() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    saved = first.with_name("first.ckpt")  # beside it: translation reads its run folder's tokenizer
+    saved.write_bytes(first.read_bytes())  # written atomically: complete whenever it is seen
+    killed.kill()
+    killed.wait()
+    assert _global_step(saved) < _global_step(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    resumed = run_train([*args, f"ckpt_path={saved}", f"hydra.run.dir={tmp_path / 'resumed'}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = [
+        torch.load(tmp_path / r / "checkpoints/last.ckpt", weights_only=True) for r in ("whole", "resumed")
+    ]
+    assert final[0]["global_step"] == final[1]["global_step"]
+    for name, weight in final[0]["state_dict"].items():
+        assert torch.equal(weight, final[1]["state_dict"][name]), f"{name} differs after the resume"
+    results = [(tmp_path / run / "results.csv").read_text() for run in ("whole", "resumed")]
+    assert results[0] == results[1]
