@@ -176,13 +176,14 @@ def test_etth1_recipe_sweep_runs_on_a_tiny_stand_in(tmp_path: Path):
     frame.to_csv(path, index=False)
     proc = run_train(
         [
+            "-m",
             "experiment=timeseries_etth1",
             f"paths.data_dir={tmp_path / 'data'}",
-            "-m",
             "task.horizon=24",
             "trainer=default",
             "trainer.max_steps=2",
             "trainer.max_epochs=1",
+            "trainer.val_check_interval=2",  # a validation: the sweep summary needs val/mse
             "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1",
             "trainer.enable_progress_bar=false",
@@ -196,6 +197,7 @@ def test_etth1_recipe_sweep_runs_on_a_tiny_stand_in(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (job,) = (tmp_path / "multirun" / "timeseries").glob("*/0")
+    assert "ok" in (job.parent / "sweep.csv").read_text()
     rows = pd.read_csv(job / "results.csv")
     assert list(rows["model"]) == ["timeseries (ours)", "last value", "seasonal naive (period 24)", "DLinear"]
     card = json.loads((job / MODEL_FILE).read_text())
