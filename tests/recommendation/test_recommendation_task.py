@@ -95,7 +95,7 @@ def test_recommend_refuses_a_missing_or_foreign_checkpoint(tmp_path, capsys):
 
 def _readme_commands(prefix: str) -> list[str]:
     text = (REPO / "tasks" / "recommendation" / "README.md").read_text()
-    return [line.strip() for line in text.splitlines() if line.strip().startswith(prefix)]
+    return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip().startswith(prefix)))
 
 
 def test_readme_recommend_commands_run(trained_run, capsys):
