@@ -411,12 +411,10 @@ class RecommendationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         dataset = TrainSequences(self.data.seqs, self.max_len, self.all_windows)
-        sampler = train_sampler(dataset, self.seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
+            sampler=train_sampler(dataset, self.seed),  # shuffled by seed and epoch; a shard under DDP
             collate_fn=collate_train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
