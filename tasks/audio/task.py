@@ -38,6 +38,7 @@ class AudioTask(Task):
 
     monitor = "acc"
     monitor_mode = "max"
+    metric_scales = {"acc": "0-1"}
 
     def __init__(
         self,
