@@ -42,7 +42,9 @@ class RecommendationTask(Task):
 
     monitor = "full/ndcg@10"
     monitor_mode = "max"
-    metric_scales = {f"{p}/{m}@{k}": "0-1" for p in ("full", "s100") for m in ("hr", "ndcg") for k in (5, 10, 20)}
+    metric_scales = {
+        f"{p}/{m}@{k}": "0-1" for p in ("full", "s100") for m in ("hr", "ndcg") for k in (5, 10, 20)
+    }
 
     def __init__(
         self,
