@@ -1,31 +1,31 @@
-"""Helpers shared by every task and by ``train.py``: checkpoint IO, schedules, results tables, plots."""
+"""Helpers shared by every task and by ``train.py``: checkpoint IO, schedules, results tables, plots.
 
-from tasks.common.checkpoint import (
-    AtomicCheckpointIO,
-    ResumableModelCheckpoint,
-    SigtermCheckpoint,
-    load_checkpoint,
-    model_state_dict,
-)
-from tasks.common.report import (
-    appending_csv_logger,
-    format_table,
-    plot_metrics,
-    save_artifacts,
-    write_results,
-)
-from tasks.common.schedule import warmup_cosine
+The names are imported on first use, so that a light submodule (``tasks.common.sweep``, which Hydra loads
+at start-up) does not pull in Lightning.
+"""
 
-__all__ = [
-    "AtomicCheckpointIO",
-    "ResumableModelCheckpoint",
-    "SigtermCheckpoint",
-    "appending_csv_logger",
-    "format_table",
-    "load_checkpoint",
-    "model_state_dict",
-    "plot_metrics",
-    "save_artifacts",
-    "warmup_cosine",
-    "write_results",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "AtomicCheckpointIO": "checkpoint",
+    "ResumableModelCheckpoint": "checkpoint",
+    "SigtermCheckpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "model_state_dict": "checkpoint",
+    "appending_csv_logger": "report",
+    "format_table": "report",
+    "plot_metrics": "report",
+    "save_artifacts": "report",
+    "write_results": "report",
+    "warmup_cosine": "schedule",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tasks.common' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tasks.common.{_WHERE[name]}"), name)

@@ -4,6 +4,7 @@ code from a checkpoint, and leaves what is on disk as it was (subprocess runs)."
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,27 @@ def test_our_errors_show_their_traceback_with_hydra_full_error(tmp_path: Path):
         cmd, env={**env, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "cannot be read safely" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=abc", "optim.lr='abc' is not a number"),
+        ("optim.lr=-1", "optim.lr=-1 is out of range: it must be > 0.0"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 is out of range"),
+        ("optim.min_lr_ratio=2", "optim.min_lr_ratio=2 is out of range: it must be <= 1.0"),
+        ("optim.betas=[0.9,1.5]", "optim.betas[1]=1.5 must be a number in [0, 1)"),
+        ("task.data.batch_size=abc", "task.data.batch_size='abc' is not an integer"),
+        ("task.data.batch_size=0", "task.data.batch_size=0 is out of range: it must be >= 1"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs=-1 trains forever"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 is not an integer"),
+        ("seed=x", "seed='x' is not an integer"),
+    ],
+)
+def test_a_bad_root_setting_fails_before_any_import_of_torch(tmp_path: Path, override: str, message: str):
+    """Checked before torch and Lightning are imported: one line in well under the seconds they take."""
+    started = time.perf_counter()
+    proc = run_train([override, f"hydra.run.dir={tmp_path / 'run'}"])
+    elapsed = time.perf_counter() - started
+    _one_line_error(proc, message)
+    assert elapsed < 5, f"{override} took {elapsed:.1f} s to be refused"
