@@ -212,3 +212,18 @@ def test_a_checkpoint_of_another_horizon_is_refused_in_one_line():
     saved = {TASK_KEY: {"task": "timeseries", "model": TimeSeriesTask(horizon=96).model_cfg}}
     with pytest.raises(ValueError, match=r"task.model.horizon=96 \(this run: 192\)"):
         check_checkpoint_matches(saved, "timeseries", TimeSeriesTask(horizon=192).model_cfg, "last.ckpt")
+
+
+def test_train_py_bad_csv_is_one_line_and_exit_2(tmp_path: Path, series_csv: Path):
+    """Through train.py: a text cell stops the run before training, one line naming file, line, column."""
+    frame = pd.read_csv(series_csv, dtype=str)
+    frame.loc[7, "c1"] = "n/a?"
+    frame.to_csv(series_csv, index=False)
+    before = series_csv.read_bytes()
+    proc = run_train(["task=timeseries", f"task.data.root={series_csv}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {series_csv} line 9: column 'c1' holds 'n/a?', not a number; fix the file or leave the "
+        "column out of task.data.channels"
+    )
+    assert series_csv.read_bytes() == before and not (tmp_path / "run" / "checkpoints").exists()
