@@ -211,7 +211,7 @@ def _plain_loader(dm: TimeSeriesDataModule, split: str, batch_size: int, shuffle
 def evaluate(forecast: Any, loader: DataLoader, device: torch.device) -> dict[str, float]:
     """MSE and MAE of ``forecast`` ((B, L, C) -> (B, H, C)) over every element of every window."""
     if isinstance(forecast, nn.Module):
-        forecast.eval()
+        forecast.to(device).eval()
     sq = ab = count = 0.0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
