@@ -200,3 +200,49 @@ def test_attention_map_artifact_does_not_recompile_a_compiled_model(tmp_path):
     save_artifacts(task, model, dm, tmp_path)
     assert (tmp_path / "plots" / "attention_maps.png").stat().st_size > 1000
     assert len(compiles) == 1  # no second compilation for the artifact's batch of 3
+
+
+@pytest.mark.parametrize("mix", [{"mixup_alpha": 0.8}, {"cutmix_alpha": 1.0}])
+def test_image_mix_and_label_mix_agree(mix):
+    """Each image is one constant value, so a mixed image shows how much of it came from its partner; the
+    soft label must give the two classes exactly those shares (a CutMix box clipped at the border too)."""
+    torch.manual_seed(0)
+    aug = BatchAugment(**mix)
+    b = 6
+    for _ in range(10):
+        x = torch.arange(b, dtype=torch.float).view(b, 1, 1, 1).expand(b, 1, 16, 16).contiguous()
+        xm, t = aug.mix(x, torch.arange(b), num_classes=b)
+        for i in range(b):
+            j = b - 1 - i  # the partner image (and class)
+            if "cutmix_alpha" in mix:
+                own = (xm[i] == i).float().mean()
+            else:
+                own = (xm[i].mean() - j) / (i - j)
+            assert t[i, i] == pytest.approx(float(own), abs=1e-5)
+            assert t[i, j] == pytest.approx(1 - float(own), abs=1e-5)
+
+
+def test_attention_maps_are_the_class_tokens_softmax_row():
+    """The plotted map is the last layer's class-token row of the attention weights, averaged over heads:
+    each head's rows sum to 1, and the map's patches plus the class token's weight on itself sum to 1."""
+    torch.manual_seed(0)
+    model = ViT(
+        image_size=16,
+        patch_size=4,
+        in_chans=1,
+        num_classes=3,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        pool="token",
+        stem_channels=[],
+    ).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        _, weights = model.forward_features(x, need_weights=True)
+        maps = model.attention_maps(x)
+    last = weights[-1]  # (B, heads, 1 + 16, 1 + 16)
+    assert last.shape == (2, 4, 17, 17)
+    torch.testing.assert_close(last.sum(-1), torch.ones(2, 4, 17))
+    torch.testing.assert_close(maps, last.mean(1)[:, 0, 1:].reshape(2, 4, 4))
+    torch.testing.assert_close(maps.sum((1, 2)) + last.mean(1)[:, 0, 0], torch.ones(2))
