@@ -12,14 +12,16 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("train")
 # ${pid:} in conf/hydra/default.yaml: run folders of processes started in the same second stay apart
-OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)  # a sweep: one value
 
 
 #: exceptions that, raised from this project's own code, are a message for the user, not a crash
@@ -36,10 +38,13 @@ REPO = Path(__file__).resolve().parent
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
+def main(cfg: DictConfig) -> dict[str, dict[str, float]] | float | None:
     """``train(cfg)``; an error raised by the project's own checks (a bad value, file or checkpoint) is one
     line on standard error and the last line of ``train.log``, exit status 2. ``HYDRA_FULL_ERROR=1`` shows its
-    traceback; any other exception keeps its traceback (also written to ``train.log``)."""
+    traceback; any other exception keeps its traceback (also written to ``train.log``). A job of a ``-m``
+    sweep runs through ``_sweep_job`` instead (returns the Optuna objective)."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg)
     try:
         return train(cfg)
     except USER_ERRORS as err:
@@ -52,6 +57,32 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]]:
     except Exception:
         _to_log_file(traceback.format_exc())
         raise
+
+
+# -- sweeps (README "Sweeps"; tasks/common/sweep.py) ---------------------------------------------------
+def _sweep_job(cfg: DictConfig) -> float | None:
+    """One job of a ``-m`` sweep: devices first (before CUDA starts), then ``train``; a failure is reported
+    (one line for our own checks, else the traceback in ``train.log``) and recorded, not raised, so the
+    other jobs run and the sweep's table lists it. Returns the best monitored validation value (``None``:
+    failed)."""
+    from tasks.common import sweep
+
+    started = time.perf_counter()
+    rows: dict[str, dict[str, float]] = {}
+    monitored: dict[str, Any] = {}
+    error = None
+    try:
+        sweep.prepare_job(cfg)
+        rows = train(cfg, monitored)
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}".splitlines()[0]
+        if isinstance(err, USER_ERRORS) and _raised_by_us(err) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            _to_log_file(error)
+            print(f"error: {err}", file=sys.stderr)
+        else:
+            _to_log_file(traceback.format_exc())
+            log.error("job %s failed:\n%s", HydraConfig.get().job.num, traceback.format_exc())
+    return sweep.finish_job(cfg, rows, monitored, error, time.perf_counter() - started)
 
 
 def _quiet_lightning() -> None:
@@ -88,8 +119,11 @@ def _to_log_file(text: str) -> None:
             handler.handle(record)
 
 
-def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
-    """compose config -> task -> data + model -> fit -> test -> baselines -> report (see the module doc)."""
+def train(cfg: DictConfig, monitored: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """compose config -> task -> data + model -> fit -> test -> baselines -> report (see the module doc).
+
+    ``monitored``, when given, receives the task's monitored validation metric: ``metric`` (``val/<name>``),
+    ``mode`` (``min`` / ``max``) and ``best`` (its best value over training; what a search optimises)."""
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -189,6 +223,13 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
             print(f"\nResults on the test split ({run_dir}):\n{format_table(rows, task.metric_scales)}")
         if cfg.save_artifacts:
             save_artifacts(task, module.model, datamodule, run_dir)  # with torch.compile off
+    if monitored is not None:  # the objective of a hyper-parameter search (tasks/common/sweep.py)
+        best = checkpoint.best_model_score
+        monitored.update(
+            metric=f"val/{task.monitor}",
+            mode=task.monitor_mode,
+            best=float(best) if best is not None else None,
+        )
     return rows
 
 
