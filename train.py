@@ -46,6 +46,7 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]] | float | None:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return _sweep_job(cfg)
     try:
+        check_config(cfg)  # before torch and Lightning are imported: a bad value costs no start-up
         return train(cfg)
     except USER_ERRORS as err:
         if _raised_by_us(err) and os.environ.get("HYDRA_FULL_ERROR") != "1":
@@ -72,6 +73,7 @@ def _sweep_job(cfg: DictConfig) -> float | None:
     monitored: dict[str, Any] = {}
     error = None
     try:
+        check_config(cfg)
         sweep.prepare_job(cfg)
         rows = train(cfg, monitored)
     except Exception as err:
@@ -83,6 +85,50 @@ def _sweep_job(cfg: DictConfig) -> float | None:
             _to_log_file(traceback.format_exc())
             log.error("job %s failed:\n%s", HydraConfig.get().job.num, traceback.format_exc())
     return sweep.finish_job(cfg, rows, monitored, error, time.perf_counter() - started)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The root settings' types and ranges, before any work: one line naming the key, the value and the fix
+    (the task's own settings are checked by its constructor, also before data and model are built)."""
+
+    def number(key: str, kind: type, low: float | None = None, high: float | None = None, *, open_low=False):
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}"
+                ) from None
+        if kind is int and value != int(value):
+            raise ValueError(f"{key}={value!r} is not an integer")
+        too_low = low is not None and (value <= low if open_low else value < low)
+        if too_low or (high is not None and value > high):
+            bound = f"{'>' if open_low else '>='} {low}" if too_low else f"<= {high}"
+            raise ValueError(f"{key}={value!r} is out of range: it must be {bound}")
+        return value
+
+    number("optim.lr", float, 0.0, open_low=True)
+    number("optim.weight_decay", float, 0.0)
+    number("optim.eps", float, 0.0, open_low=True)
+    number("optim.warmup", float, 0.0)
+    number("optim.min_lr_ratio", float, 0.0, 1.0)
+    number("optim.grad_clip", float, 0.0, open_low=True)
+    for i, beta in enumerate(cfg.optim.get("betas") or []):
+        if not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+            raise ValueError(f"optim.betas[{i}]={beta!r} must be a number in [0, 1)")
+    number("seed", int)
+    number("cpu_threads", int, 1)
+    max_epochs = number("trainer.max_epochs", int, -1)
+    max_steps = number("trainer.max_steps", int, -1)
+    if max_epochs == -1 and (max_steps is None or max_steps == -1):
+        raise ValueError(
+            "trainer.max_epochs=-1 trains forever: set trainer.max_epochs >= 1 or trainer.max_steps"
+        )
+    for key in ("task.data.batch_size", "task.data.eval_batch_size"):
+        number(key, int, 1)
 
 
 def _quiet_lightning() -> None:
