@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
+import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 T = TypeVar("T")
 
@@ -69,3 +70,33 @@ def shard_batches(
         rank, world = process_rank()
     share = list(batches[rank::world])
     return share[: len(batches) // world] if even else share
+
+
+def keep_batch(batch: T) -> T:
+    """``collate_fn`` for datasets whose ``__getitems__`` already returns a stacked batch."""
+    return batch
+
+
+def tensor_loader(
+    dataset: Dataset,
+    *,
+    train: bool,
+    batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader over an in-memory dataset that stacks its own batches (``__getitems__``): training batches
+    in the order of :func:`train_sampler` (full batches only), evaluation batches in order; under DDP each
+    process gets its shard."""
+    sampler = train_sampler(dataset, seed) if train else eval_sampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=train and len(sampler if sampler is not None else dataset) >= batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        collate_fn=keep_batch,
+        persistent_workers=num_workers > 0,
+    )

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.common.distributed import eval_sampler, train_sampler
+from tasks.common.distributed import tensor_loader
 
 #: the TMY3 channels used by the embedded default: measured / modelled hourly quantities that vary (the
 #: file's other columns are constant (albedo, AOD), flags and uncertainty codes, extraterrestrial values
@@ -220,11 +220,6 @@ class Windows(Dataset):
         return window[:, : self.lookback], window[:, self.lookback :]
 
 
-def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """collate_fn for batches that ``__getitems__`` already stacked."""
-    return batch
-
-
 class TimeSeriesDataModule(L.LightningDataModule):
     """Train / val / test loaders of scaled windows (see the module docstring).
 
@@ -329,17 +324,13 @@ class TimeSeriesDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         """One loader; under DDP each process gets its shard (``tasks.common.distributed``)."""
         dataset = self.dataset(split)
-        sampler = train_sampler(dataset, self.seed) if train else eval_sampler(dataset)
-        return DataLoader(
+        return tensor_loader(
             dataset,
+            train=train,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train and len(sampler if sampler is not None else dataset) >= self.batch_size,
+            seed=self.seed,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            collate_fn=_keep_batch,
-            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
 from tasks.base import RunContext, Task
+from tasks.common.distributed import keep_batch
 
-from .data import TimeSeriesDataModule, _keep_batch
+from .data import TimeSeriesDataModule
 from .model import DLinear, PatchTST, last_value, seasonal_naive
 
 #: the model card written into the run folder: what ``forecast.py`` needs to rebuild the model and scale data
@@ -204,7 +205,7 @@ class TimeSeriesTask(Task):
 
 def _plain_loader(dm: TimeSeriesDataModule, split: str, batch_size: int, shuffle: bool) -> DataLoader:
     """A loader over every window of ``split`` (no DDP sharding; the baselines run on each process)."""
-    return DataLoader(dm.dataset(split), batch_size=batch_size, shuffle=shuffle, collate_fn=_keep_batch)
+    return DataLoader(dm.dataset(split), batch_size=batch_size, shuffle=shuffle, collate_fn=keep_batch)
 
 
 @torch.no_grad()
@@ -233,7 +234,7 @@ def train_dlinear(dm: TimeSeriesDataModule, cfg: dict[str, Any], device: torch.d
         batch_size=int(cfg["batch_size"]),
         shuffle=True,
         generator=gen,
-        collate_fn=_keep_batch,
+        collate_fn=keep_batch,
     )
     val = _plain_loader(dm, "val", dm.eval_batch_size, shuffle=False)
     best, best_state = math.inf, None

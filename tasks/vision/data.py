@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.common.distributed import eval_sampler, train_sampler
+from tasks.common.distributed import tensor_loader
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -61,11 +61,6 @@ class TensorImages(Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self.split.images[idx], self.split.labels[idx]
-
-
-def _keep_batch(batch: Any) -> Any:
-    """collate_fn for batches that ``__getitems__`` already stacked."""
-    return batch
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -371,17 +366,13 @@ class VisionDataModule(L.LightningDataModule):
         """One loader; under DDP each process gets its shard (``tasks.common.distributed``)."""
         self.setup()
         dataset = TensorImages(self.splits[split])
-        sampler = train_sampler(dataset, self.seed) if train else eval_sampler(dataset)
-        return DataLoader(
+        return tensor_loader(
             dataset,
+            train=train,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train and len(sampler if sampler is not None else dataset) >= self.batch_size,
+            seed=self.seed,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            collate_fn=_keep_batch,
-            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:
