@@ -21,6 +21,7 @@ import hashlib
 import io
 import os
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,9 @@ def load_source(
     if cache_dir is not None:
         cache = Path(cache_dir).expanduser() / f"vision-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.pt"
         if cache.exists():
-            return torch.load(cache, weights_only=False)
+            cached = _read_cache(cache)
+            if cached is not None:
+                return cached
     if root is None:
         data = _read_hub(hub, image_size, channels)
     elif path.is_dir():
@@ -247,10 +250,25 @@ def load_source(
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
         buf = io.BytesIO()
-        torch.save(data, buf)
+        plain = {k: {"images": v.images, "labels": v.labels} for k, v in data["splits"].items()}
+        torch.save({"splits": plain, "classes": data["classes"]}, buf)  # tensors and plain values only
         tmp.write_bytes(buf.getvalue())
         os.replace(tmp, cache)
     return data
+
+
+def _read_cache(cache: Path) -> dict[str, Any] | None:
+    """The decoded data from ``cache`` (``weights_only=True``: no code runs from it); ``None``, with a warning
+    naming the file, when it cannot be read (truncated, or written by an older version): it is rebuilt."""
+    try:
+        state = torch.load(cache, map_location="cpu", weights_only=True)
+        splits = {k: Split(v["images"], v["labels"]) for k, v in state["splits"].items()}
+        return {"splits": splits, "classes": list(state["classes"])}
+    except Exception as err:  # noqa: BLE001 - any unreadable cache is rebuilt from the source
+        warnings.warn(  # noqa: B028
+            f"dataset cache {cache} is unreadable ({type(err).__name__}); rebuilding it", stacklevel=2
+        )
+        return None
 
 
 # --------------------------------------------------------------------------------------------- data module

@@ -124,3 +124,31 @@ def test_hub_offline_is_a_clear_error(monkeypatch):
     dm = VisionDataModule(hub="no-such-user/no-such-dataset", cache_dir=None)
     with pytest.raises(RuntimeError, match="could not load hub dataset .*HF_HUB_OFFLINE"):
         dm.setup()
+
+
+def test_dataset_cache_runs_no_code_and_a_bad_one_is_rebuilt(tmp_path: Path, cache_dir: Path):
+    """The cache holds tensors and plain values (read with weights_only=True); a cache that would run code,
+    or a truncated one, is not executed but replaced by a fresh decode, with a warning naming it."""
+    root = tmp_path / "imgs"
+    _write_folder(root, per_class=3)
+    first = VisionDataModule(root=str(root), val_fraction=0.34, cache_dir=str(cache_dir))
+    first.setup()
+    (cache,) = cache_dir.glob("*.pt")
+    assert set(torch.load(cache, weights_only=True)) == {"splits", "classes"}
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    for bad in (
+        lambda: torch.save({"x": Payload()}, cache),
+        lambda: cache.write_bytes(b"PK\x03\x04 truncated"),
+    ):
+        bad()
+        again = VisionDataModule(root=str(root), val_fraction=0.34, cache_dir=str(cache_dir))
+        with pytest.warns(UserWarning, match=f"dataset cache {cache} is unreadable"):
+            again.setup()
+        assert not marker.exists(), "the cache's payload ran"
+        assert torch.equal(again.splits["test"].images, first.splits["test"].images)
+        assert set(torch.load(cache, weights_only=True)) == {"splits", "classes"}, "the cache was rewritten"
