@@ -231,6 +231,7 @@ def train(cfg: DictConfig, monitored: dict[str, Any] | None = None) -> dict[str,
         mode=task.monitor_mode,
         save_last=True,
         save_top_k=1,
+        resume_from=run.resume_from,  # the killed run's best.ckpt is taken from beside it only
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     on_sigterm = SigtermCheckpoint(last)  # SIGTERM mid-fit: save this step's state, then exit 143

@@ -75,8 +75,14 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     "best" was picked among the epochs after the resume, and the final test could miss a better
     checkpoint of the killed run. Here the killed run's best checkpoint is copied into the new folder
     (atomically, by global rank 0) and its score restored, so "best" means best over the whole training.
-    If that file is gone, the score is dropped as well: the next validation saves a new best.
+    If that file is gone, the score is dropped as well: the next validation saves a new best. Only a best
+    checkpoint beside the resumed one (``resume_from``: the ``ckpt_path`` given) is copied, never a file from
+    elsewhere that a path stored in the checkpoint names.
     """
+
+    def __init__(self, *args: Any, resume_from: str | os.PathLike | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_from = Path(resume_from) if resume_from is not None else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         with warnings.catch_warnings():  # "the dirpath has changed ... won't be reloaded": handled below
@@ -86,7 +92,10 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         if old_dir is None or self.dirpath is None or Path(old_dir).resolve() == Path(self.dirpath).resolve():
             return
         old_best, score = state_dict.get("best_model_path") or "", state_dict.get("best_model_score")
-        if not old_best or score is None or not Path(old_best).is_file():
+        beside = (
+            self.resume_from is None or Path(old_best).parent.resolve() == self.resume_from.parent.resolve()
+        )
+        if not old_best or score is None or not beside or not Path(old_best).is_file():
             self.best_model_path = ""  # not the other folder's file: the next validation picks a best
             return
         new_best = Path(self.dirpath) / Path(old_best).name

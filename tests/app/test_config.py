@@ -193,3 +193,15 @@ def test_resume_without_the_old_best_file_picks_a_new_best(tmp_path: Path):
     assert same.best_model_path == str(old / "best.ckpt") and float(same.best_model_score) == pytest.approx(
         0.9
     )
+
+
+def test_resume_copies_only_a_best_checkpoint_beside_the_resumed_one(tmp_path: Path):
+    """A path stored inside a checkpoint cannot make a resumed run copy a file from elsewhere."""
+    old, new, elsewhere = tmp_path / "run1" / "checkpoints", tmp_path / "run2" / "checkpoints", tmp_path / "x"
+    elsewhere.mkdir()
+    torch.save({"w": torch.arange(3)}, elsewhere / "best.ckpt")
+    cb = ResumableModelCheckpoint(
+        dirpath=new, filename="best", monitor="val/acc", mode="max", resume_from=old / "last.ckpt"
+    )
+    cb.load_state_dict(_checkpoint_state(old, elsewhere / "best.ckpt", 0.9))
+    assert cb.best_model_path == "" and not new.exists(), "a file outside the resumed folder was copied"
