@@ -34,7 +34,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 def _compose(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         # paths.output_dir is Hydra's run folder, only set inside a run: pin it for composition
-        return compose(config_name="config", overrides=[*overrides, "paths.output_dir=/tmp/mha-suite-test"])
+        return compose(config_name="config", overrides=[*overrides, "paths.output_dir=composed-only"])
 
 
 def test_a_task_run_imports_only_its_own_task():

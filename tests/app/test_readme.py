@@ -40,7 +40,7 @@ def _compose(args: list[str]):
     sweep = "-m" in args
     overrides = [a.split(",")[0] if sweep and "[" not in a else a for a in args if a != "-m" and "<" not in a]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=[*overrides, "paths.output_dir=/tmp/readme"])
+        return compose(config_name="config", overrides=[*overrides, "paths.output_dir=composed-only"])
 
 
 def test_readme_has_the_commands():

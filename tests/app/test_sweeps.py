@@ -28,7 +28,7 @@ def _compose(overrides: list[str], hydra: bool = False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             config_name="config",
-            overrides=[*overrides, "paths.output_dir=/tmp/mha-suite-test"],
+            overrides=[*overrides, "paths.output_dir=composed-only"],
             return_hydra_config=hydra,
         )
 
@@ -89,7 +89,7 @@ def _as_job(cfg, num: int = 0):
     """Make ``cfg`` (composed with its hydra node) the running job's config."""
     with open_dict(cfg):
         cfg.hydra.job.num = num
-        cfg.hydra.runtime.output_dir = "/tmp/mha-suite-test"
+        cfg.hydra.runtime.output_dir = "composed-only"
     HydraConfig.instance().set_config(cfg)
     return cfg
 
