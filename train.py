@@ -48,15 +48,9 @@ def main(cfg: DictConfig) -> dict[str, dict[str, float]] | float | None:
     try:
         check_config(cfg)  # before torch and Lightning are imported: a bad value costs no start-up
         return train(cfg)
-    except USER_ERRORS as err:
-        if _raised_by_us(err) and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            _to_log_file(f"{type(err).__name__}: {err}")
-            print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        if _report(err):
             raise SystemExit(2) from None
-        _to_log_file(traceback.format_exc())
-        raise
-    except Exception:
-        _to_log_file(traceback.format_exc())
         raise
 
 
@@ -78,11 +72,7 @@ def _sweep_job(cfg: DictConfig) -> float | None:
         rows = train(cfg, monitored)
     except Exception as err:
         error = f"{type(err).__name__}: {err}".splitlines()[0]
-        if isinstance(err, USER_ERRORS) and _raised_by_us(err) and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            _to_log_file(error)
-            print(f"error: {err}", file=sys.stderr)
-        else:
-            _to_log_file(traceback.format_exc())
+        if not _report(err):
             log.error("job %s failed:\n%s", HydraConfig.get().job.num, traceback.format_exc())
     return sweep.finish_job(cfg, rows, monitored, error, time.perf_counter() - started)
 
@@ -145,6 +135,18 @@ def _quiet_lightning() -> None:
         r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning, fixed upstream
     ):
         warnings.filterwarnings("ignore", message=message)
+
+
+def _report(err: Exception) -> bool:
+    """Report ``err`` (inside ``except``): True for the project's own checks, printed as one line on stderr
+    and in ``train.log`` (unless ``HYDRA_FULL_ERROR=1``); False for anything else, whose traceback goes into
+    ``train.log`` (the caller shows or raises it)."""
+    if isinstance(err, USER_ERRORS) and _raised_by_us(err) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        _to_log_file(f"{type(err).__name__}: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        return True
+    _to_log_file(traceback.format_exc())
+    return False
 
 
 def _raised_by_us(err: BaseException) -> bool:
