@@ -692,6 +692,11 @@ class TranslationDataModule(L.LightningDataModule):
             raise ValueError(f"unknown corpus {name!r}; pick task.data.name from {', '.join(CORPORA)}.")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}.")
+        if name == "numbers" and root is not None:
+            raise ValueError(
+                f"task.data.root={root} is not read by task.data.name=numbers (the embedded corpus); "
+                "drop it, or pick task.data.name=multi30k, files or bible."
+            )
         self.name = name
         self.corpus_kwargs = {
             "src_lang": src_lang,

@@ -218,7 +218,7 @@ def load_source(
                 f"task.data.root={root} does not exist (resolved to {path.resolve()}). Point it at an "
                 "ImageFolder "
                 "folder holding train/ and test/ (<class>/*.jpg inside), or at a .tar.gz of one, e.g. "
-                "task.data.root=../shared/data/cifar10-jpg.tar.gz; or drop it to use the embedded MNIST "
+                "task.data.root=/path/to/cifar10-jpg.tar.gz; or drop it to use the embedded MNIST "
                 "digits."
             )
         stamp = f"{path.resolve()}|{path.stat().st_mtime_ns}|{image_size}|{channels}"

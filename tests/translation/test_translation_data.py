@@ -271,3 +271,10 @@ def test_load_corpus_sections_and_root(tmp_path):
         numbers={"max_digits": 3, "train_size": 5, "val_size": 2, "test_size": 2},
     )
     assert numbers.tgt_lang == "fr" and len(numbers.train) == 5
+
+
+def test_a_root_the_embedded_corpus_does_not_read_is_an_error(tmp_path):
+    """``task=translation task.data.root=/nope`` used to train on the numbers and ignore the root."""
+    with pytest.raises(ValueError, match=r"task.data.root=/nope is not read by task.data.name=numbers"):
+        TranslationDataModule(name="numbers", root="/nope")
+    assert not list(tmp_path.iterdir())
