@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mha import Encoder, MultiHeadAttention
+from mha import Encoder
+from tasks.common.init import trunc_normal_init_
 
 
 class SpectrogramTransformer(nn.Module):
@@ -106,17 +107,7 @@ class SpectrogramTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, MultiHeadAttention):
-                for name, p in m.named_parameters(recurse=False):
-                    if p.ndim == 2:
-                        nn.init.trunc_normal_(p, std=0.02)
-                    elif name.endswith("bias"):
-                        nn.init.zeros_(p)
+        trunc_normal_init_(self)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names AdamW should not decay (timm's convention)."""

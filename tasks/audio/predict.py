@@ -13,7 +13,6 @@ line per file: ``clip.wav: yes 0.982  no 0.011  up 0.004``. Options are ``key=va
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from tasks.audio.data import load_clip
 from tasks.audio.features import LogMel
 from tasks.audio.model import SpectrogramTransformer
 from tasks.audio.task import MODEL_FILE
-from tasks.common import load_checkpoint, model_state_dict
+from tasks.common import load_checkpoint, model_state_dict, read_model_card
 
 
 class Recognizer:
@@ -39,15 +38,7 @@ class Recognizer:
     def __init__(self, ckpt: str | Path, card: str | Path | None = None, device: str = "cpu") -> None:
         state = load_checkpoint(ckpt, task="audio")
         ckpt = Path(ckpt).expanduser()
-        if card is None:
-            candidates = [ckpt.parent / MODEL_FILE, ckpt.parent.parent / MODEL_FILE]
-            card = next((c for c in candidates if c.is_file()), candidates[-1])
-        card = Path(card)
-        if not card.is_file():
-            raise FileNotFoundError(
-                f"{card} is missing; train.py task=audio writes it into the run folder (or pass card=<file>)"
-            )
-        info = json.loads(card.read_text())
+        info, _ = read_model_card(ckpt, MODEL_FILE, "audio", card)
         self.classes: list[str] = list(info["classes"])
         self.clip_samples = int(info["clip_samples"])
         self.device = torch.device(device)

@@ -15,6 +15,7 @@ _WHERE = {
     "SigtermCheckpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "model_state_dict": "checkpoint",
+    "read_model_card": "checkpoint",
     "appending_csv_logger": "report",
     "format_table": "report",
     "plot_metrics": "report",

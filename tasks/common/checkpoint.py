@@ -208,6 +208,30 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def read_model_card(
+    ckpt: str | os.PathLike, filename: str, task: str, given: str | os.PathLike | None = None
+):
+    """The model card ``filename`` (JSON: what rebuilding the model needs) that ``train.py task=<task>``
+    wrote into the run folder of ``ckpt``: ``given`` if set, else the first found in the checkpoint's folder,
+    its parent or grandparent. Returns ``(card dict, its path)``; a missing card raises, naming the fix."""
+    import json
+
+    ckpt = Path(ckpt).expanduser()
+    if given is not None:
+        candidates = [Path(given).expanduser()]
+    else:
+        candidates = [
+            folder / filename for folder in (ckpt.parent, ckpt.parent.parent, ckpt.parent.parent.parent)
+        ]
+    for path in candidates:
+        if path.is_file():
+            return json.loads(path.read_text()), path
+    raise FileNotFoundError(
+        f"no {filename} at {', '.join(map(str, candidates))}; train.py task={task} writes it into the run "
+        "folder of the checkpoint: pass that folder's checkpoint, or the card's path"
+    )
+
+
 def model_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The model's weights from a ``train.py`` checkpoint (keys without the ``model.`` prefix; a compiled
     model's ``_orig_mod.`` is dropped too)."""

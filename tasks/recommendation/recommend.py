@@ -13,15 +13,13 @@ item id, probability (softmax over the catalogue) and title where the data has t
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from tasks.common import load_checkpoint, model_state_dict
+from tasks.common import load_checkpoint, model_state_dict, read_model_card
 
 from .data import PAD, load_sequences, read_titles, titles_path
 from .model import SASRec
@@ -42,15 +40,7 @@ class Recommender:
     def __init__(self, ckpt: str | Path, device: str = "cpu") -> None:
         ckpt = Path(ckpt).expanduser()
         state = load_checkpoint(ckpt, task="recommendation")
-        card_path = next(
-            (d / MODEL_FILE for d in (ckpt.parent.parent, ckpt.parent) if (d / MODEL_FILE).is_file()), None
-        )
-        if card_path is None:
-            raise FileNotFoundError(
-                f"{ckpt.parent.parent / MODEL_FILE} is missing; it is written into the run folder by "
-                "train.py task=recommendation"
-            )
-        self.card: dict[str, Any] = json.loads(card_path.read_text())
+        self.card, _ = read_model_card(ckpt, MODEL_FILE, "recommendation")
         self.model = SASRec(**self.card["model"])
         self.model.load_state_dict(model_state_dict(state))
         self.device = torch.device(device)

@@ -14,7 +14,6 @@ the last rows of history and the forecast, one panel per channel.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -24,24 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.common import load_checkpoint, model_state_dict
+from tasks.common import load_checkpoint, model_state_dict, read_model_card
 
 from .data import read_csv_series
 from .model import PatchTST
 from .task import MODEL_FILE
 
 OPTIONS = ("ckpt", "out", "device", "run_dir")
-
-
-def find_run_dir(ckpt: Path) -> Path:
-    """The run folder of ``ckpt``: the first of its folder, parent and grandparent holding the model card."""
-    for folder in (ckpt.parent, ckpt.parent.parent, ckpt.parent.parent.parent):
-        if (folder / MODEL_FILE).is_file():
-            return folder
-    raise FileNotFoundError(
-        f"no {MODEL_FILE} beside {ckpt} (nor in its parent or grandparent); it is written by train.py "
-        "task=timeseries into the run folder: pass run_dir=<that folder>"
-    )
 
 
 class Forecaster:
@@ -56,13 +44,8 @@ class Forecaster:
     def __init__(self, ckpt: str | Path, run_dir: str | Path | None = None, device: str = "cpu") -> None:
         ckpt = Path(ckpt).expanduser()
         state = load_checkpoint(ckpt, task="timeseries")  # weights_only=True; raises on a missing file
-        run = Path(run_dir) if run_dir else find_run_dir(ckpt)
-        card_path = run / MODEL_FILE
-        if not card_path.is_file():
-            raise FileNotFoundError(
-                f"{card_path} is missing; run_dir= must be the run folder of the checkpoint"
-            )
-        self.card: dict[str, Any] = json.loads(card_path.read_text())
+        given = Path(run_dir) / MODEL_FILE if run_dir else None
+        self.card, _ = read_model_card(ckpt, MODEL_FILE, "timeseries", given)
         self.model = PatchTST(**self.card["model"])
         self.model.load_state_dict(model_state_dict(state))
         self.device = torch.device(device)

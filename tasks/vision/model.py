@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mha import MLP, Encoder, MultiHeadAttention, load_timm_attention
+from tasks.common.init import trunc_normal_init_
 
 
 class PatchEmbed(nn.Module):
@@ -159,17 +160,7 @@ class ViT(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, MultiHeadAttention):
-                for name, p in m.named_parameters(recurse=False):
-                    if p.ndim == 2:
-                        nn.init.trunc_normal_(p, std=0.02)
-                    elif name.endswith("bias"):
-                        nn.init.zeros_(p)
+        trunc_normal_init_(self)
         if isinstance(self.head, nn.Linear):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
