@@ -262,7 +262,6 @@ class MultiHeadAttention(nn.Module):
             key is None
             and cache is None
             and attn_mask is None
-            and key_padding_mask is None
             and sdpa_mask is None
             and positions is None
             and not need_weights
@@ -271,15 +270,30 @@ class MultiHeadAttention(nn.Module):
             and isinstance(query, Tensor)
             and query.dim() == 3
             and query.shape[-1] == self.embed_dim
+            and (
+                key_padding_mask is None
+                or not is_causal
+                and isinstance(key_padding_mask, Tensor)
+                and key_padding_mask.dtype == torch.bool
+                and key_padding_mask.shape == query.shape[:2]
+            )
         ):
-            # the common case (a ViT / encoder block) in as few host operations as timm's Attention: at
-            # small shapes the host time of forward + backward is the cost, not the kernels
+            # the common cases (a ViT / encoder block, a padded text batch) in as few host operations as
+            # timm's Attention: at small shapes the host time of forward + backward is the cost, not kernels
             b, n, e = query.shape
             qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
             q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             dropout_p = self.dropout if self.training else 0.0
-            out = _attend(q, k, v, is_causal=is_causal, dropout_p=dropout_p, backend=self.backend)
-            return self.out_proj(out.transpose(1, 2).reshape(b, n, e)), None
+            if key_padding_mask is None:
+                out = _attend(q, k, v, is_causal=is_causal, dropout_p=dropout_p, backend=self.backend)
+                return self.out_proj(out.transpose(1, 2).reshape(b, n, e)), None
+            # a sequence that is padding everywhere attends over all its keys (no NaN), then its output is
+            # zeroed: three small kernels instead of the general path's conversion and guard
+            empty = key_padding_mask.all(-1, keepdim=True)  # (B, 1)
+            allowed = (key_padding_mask <= empty).view(b, 1, 1, n)  # True = may attend
+            out = _attend(q, k, v, mask=allowed, dropout_p=dropout_p, backend=self.backend, guard=False)
+            out = out.transpose(1, 2).reshape(b, n, e).masked_fill(empty.unsqueeze(-1), 0.0)
+            return self.out_proj(out), None
         if not isinstance(query, Tensor):
             raise TypeError(f"query must be a Tensor, got {type(query).__name__}")
         static = cache is not None and cache.static

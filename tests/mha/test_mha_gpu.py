@@ -197,3 +197,20 @@ def test_pinned_backend_runs_that_kernel(backend):
     assert ours == ref
     with mha.force_backend(backend):
         assert _kernel_names(lambda: mha.attention(q, k, v, is_causal=True)) == ref
+
+
+def test_padding_mask_module_path_finite_with_a_sequence_of_padding_only():
+    """The module's short key-padding path on a GPU kernel: a sequence of padding only gives a zero
+    attention output and finite gradients (a plain SDPA mask would give NaN there)."""
+    torch.manual_seed(0)
+    attn = mha.MultiHeadAttention(256, 4, device=DEV, dtype=torch.bfloat16)
+    x = torch.randn(4, 64, 256, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    kpm = torch.zeros(4, 64, dtype=torch.bool, device=DEV)
+    kpm[1, 40:] = True
+    kpm[3] = True
+    out, _ = attn(x, key_padding_mask=kpm)
+    out.float().square().sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert torch.equal(out[3], attn.out_proj.bias.expand(64, 256))
+    general, _ = attn(x, key_padding_mask=kpm, need_weights=True)
+    torch.testing.assert_close(out, general, atol=2e-2, rtol=2e-2)

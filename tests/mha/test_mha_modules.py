@@ -118,6 +118,23 @@ def test_fully_masked_rows_zero_where_torch_gives_nan():
     assert torch.equal(w[1], torch.zeros_like(w[1]))
 
 
+def test_padding_mask_fast_path_matches_general_path_with_finite_grads():
+    # a bool key-padding mask alone takes the short path; it must agree with the general one (weights
+    # requested) in values and gradients, a sequence of padding only included
+    torch.manual_seed(0)
+    _, ours = pair()
+    x = torch.randn(3, 5, E, requires_grad=True)
+    kpm = torch.tensor([[False] * 5, [False, False, True, True, True], [True] * 5])
+    fast, _ = ours(x, key_padding_mask=kpm)
+    (gx_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    general, _ = ours(x, key_padding_mask=kpm, need_weights=True)
+    (gx_general,) = torch.autograd.grad(general.square().sum(), x)
+    close(fast, general)
+    close(gx_fast, gx_general)
+    close(fast[2], ours.out_proj.bias.expand(5, E))  # zero attention output -> only the output bias remains
+    assert torch.isfinite(gx_fast).all()
+
+
 def test_from_torch_keeps_dtype_device_and_mode():
     ref = nn.MultiheadAttention(E, H, batch_first=True, dtype=torch.float64)
     ours = MultiHeadAttention.from_torch(ref)
