@@ -48,6 +48,14 @@ class RevIN(nn.Module):
         return y * std + mean
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` over the width of tokens ``(batch, seq, width)``: statistics over batch and sequence
+    (PatchTST's norm layers; the series of one batch share a scale, unlike LayerNorm's per-token one)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
 class PatchTST(nn.Module):
     """Channel-independent patch Transformer (Nie et al., 2023) with an ``mha.Encoder``.
 
@@ -64,6 +72,7 @@ class PatchTST(nn.Module):
         dropout: on the patch embeddings, residual branches and in the MLP; attn_dropout: on attention
             probabilities; head_dropout: before the linear head.
         norm_first: pre-norm encoder layers (False: post-norm, as the paper's BatchNorm layers).
+        norm: ``"layer"`` (LayerNorm) or ``"batch"`` (BatchNorm over batch and patches, the paper's choice).
         revin, revin_affine: reversible instance normalisation and its per-channel affine map.
     """
 
@@ -82,6 +91,7 @@ class PatchTST(nn.Module):
         attn_dropout: float = 0.0,
         head_dropout: float = 0.0,
         norm_first: bool = True,
+        norm: str = "layer",
         revin: bool = True,
         revin_affine: bool = True,
     ) -> None:
@@ -95,6 +105,8 @@ class PatchTST(nn.Module):
             )
         if not 1 <= stride <= patch_len:
             raise ValueError(f"task.model.stride={stride} must be between 1 and patch_len={patch_len}")
+        if norm not in ("layer", "batch"):
+            raise ValueError(f"task.model.norm={norm!r} must be 'layer' or 'batch'")
         self.lookback, self.horizon = lookback, horizon
         self.patch_len, self.stride = patch_len, stride
         self.num_patches = (lookback - patch_len) // stride + 2  # +1: the end padding of `stride` rows
@@ -111,6 +123,11 @@ class PatchTST(nn.Module):
             attn_dropout=attn_dropout,
             norm_first=norm_first,
         )
+        if norm == "batch":
+            for layer in self.encoder.layers:
+                layer.norm1, layer.norm2 = TokenBatchNorm(d_model), TokenBatchNorm(d_model)
+            if not isinstance(self.encoder.norm, nn.Identity):
+                self.encoder.norm = TokenBatchNorm(d_model)
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(self.num_patches * d_model, horizon)
 

@@ -138,3 +138,27 @@ def test_naive_forecasts_on_known_series():
     torch.testing.assert_close(seasonal_naive(periodic[:, :72], 24, 24), periodic[:, 72:], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"task.period=20 must be between 1 and task.lookback=10"):
         seasonal_naive(x, 3, period=20)
+
+
+def test_batch_norm_variant_normalises_over_batch_and_patches():
+    torch.manual_seed(0)
+    model = PatchTST(
+        3,
+        lookback=48,
+        horizon=8,
+        d_model=8,
+        num_heads=2,
+        num_layers=2,
+        ffn_dim=16,
+        norm="batch",
+        norm_first=False,
+    )
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 4 and not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    tokens = torch.randn(5, 7, 8) * 3 + 2
+    out = norms[0](tokens)  # training mode: zero mean, unit variance per width over batch and sequence
+    torch.testing.assert_close(out.mean(dim=(0, 1)), torch.zeros(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.var(dim=(0, 1), unbiased=False), torch.ones(8), atol=1e-3, rtol=0)
+    assert model(torch.randn(4, 48, 3)).shape == (4, 8, 3)
+    with pytest.raises(ValueError, match="task.model.norm"):
+        PatchTST(3, lookback=48, horizon=8, norm="group")
