@@ -24,6 +24,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from tasks.common import schema
+
 if TYPE_CHECKING:
     from tasks.common import SigtermCheckpoint
 
@@ -78,47 +80,9 @@ def _sweep_job(cfg: DictConfig) -> float | None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """The root settings' types and ranges, before any work: one line naming the key, the value and the fix
-    (the task's own settings are checked by its constructor, also before data and model are built)."""
-
-    def number(key: str, kind: type, low: float | None = None, high: float | None = None, *, open_low=False):
-        value = OmegaConf.select(cfg, key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                value = kind(value)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}"
-                ) from None
-        if kind is int and value != int(value):
-            raise ValueError(f"{key}={value!r} is not an integer")
-        too_low = low is not None and (value <= low if open_low else value < low)
-        if too_low or (high is not None and value > high):
-            bound = f"{'>' if open_low else '>='} {low}" if too_low else f"<= {high}"
-            raise ValueError(f"{key}={value!r} is out of range: it must be {bound}")
-        return value
-
-    number("optim.lr", float, 0.0, open_low=True)
-    number("optim.weight_decay", float, 0.0)
-    number("optim.eps", float, 0.0, open_low=True)
-    number("optim.warmup", float, 0.0)
-    number("optim.min_lr_ratio", float, 0.0, 1.0)
-    number("optim.grad_clip", float, 0.0, open_low=True)
-    for i, beta in enumerate(cfg.optim.get("betas") or []):
-        if not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
-            raise ValueError(f"optim.betas[{i}]={beta!r} must be a number in [0, 1)")
-    number("seed", int)
-    number("cpu_threads", int, 1)
-    max_epochs = number("trainer.max_epochs", int, -1)
-    max_steps = number("trainer.max_steps", int, -1)
-    if max_epochs == -1 and (max_steps is None or max_steps == -1):
-        raise ValueError(
-            "trainer.max_epochs=-1 trains forever: set trainer.max_epochs >= 1 or trainer.max_steps"
-        )
-    for key in ("task.data.batch_size", "task.data.eval_batch_size"):
-        number(key, int, 1)
+    """Every setting against its declared type, range and source (``tasks/common/schema.py``: the root and
+    each task), before torch and Lightning are imported: one line naming the key, the value and the fix."""
+    schema.check_config(cfg)
 
 
 def _quiet_lightning() -> None:

@@ -205,3 +205,57 @@ def test_resume_copies_only_a_best_checkpoint_beside_the_resumed_one(tmp_path: P
     )
     cb.load_state_dict(_checkpoint_state(old, elsewhere / "best.ckpt", 0.9))
     assert cb.best_model_path == "" and not new.exists(), "a file outside the resumed folder was copied"
+
+
+def _yaml_keys(path: Path, prefix: str = "") -> list[str]:
+    """Every leaf key of a YAML file, dotted (``task.model.num_heads``)."""
+    from tasks.common.schema import flatten
+
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    data.pop("defaults", None)
+    data.pop("hydra", None)
+    return sorted(flatten(data, prefix))
+
+
+@pytest.mark.parametrize("name", TASK_CONFIGS)
+def test_every_task_key_has_a_declared_type(name: str):
+    """The schema (tasks/common/schema.py) covers each key of conf/task/<name>.yaml and of the recipes of
+    that task: a new key needs its type and range there, or the pre-check refuses it as unknown."""
+    from tasks.common.schema import ROOT, TASKS
+
+    target = OmegaConf.load(CONF / "task" / f"{name}.yaml").task._target_
+    assert target in TASKS, f"no schema for {target} in tasks/common/schema.py"
+    known = set(TASKS[target].keys) | set(ROOT.keys)
+    files = [CONF / "task" / f"{name}.yaml"]
+    files += [p for p in (CONF / "experiment").glob("*.yaml") if f"override /task: {name}" in p.read_text()]
+    missing = {f"{p.relative_to(REPO)}: {k}" for p in files for k in _yaml_keys(p) if k not in known}
+    assert not missing, "keys without a schema entry:\n" + "\n".join(sorted(missing))
+
+
+def test_every_root_and_trainer_key_has_a_declared_type():
+    from tasks.common.schema import ROOT
+
+    keys = _yaml_keys(CONF / "config.yaml")
+    for path in (CONF / "trainer").glob("*.yaml"):
+        keys += _yaml_keys(path, "trainer.")
+    missing = sorted(set(keys) - set(ROOT.keys))
+    assert not missing, f"keys without a schema entry in tasks/common/schema.py: {missing}"
+
+
+def test_the_pre_check_imports_no_torch():
+    """train.check_config runs before torch is imported: the schema needs OmegaConf only."""
+    code = "import sys, train; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", f"importing train.py loaded {out.stdout.strip()}"
+
+
+def test_trainer_extras_are_lightning_trainer_arguments():
+    """The Trainer arguments the schema passes on unchecked (and those train.py sets itself) exist."""
+    import inspect
+
+    import lightning
+
+    from tasks.common.schema import TRAINER_EXTRAS, TRAINER_OWN
+
+    params = set(inspect.signature(lightning.pytorch.Trainer.__init__).parameters)
+    assert set(TRAINER_EXTRAS) | set(TRAINER_OWN) <= params

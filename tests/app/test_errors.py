@@ -94,20 +94,14 @@ def test_our_errors_show_their_traceback_with_hydra_full_error(tmp_path: Path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("optim.lr=abc", "optim.lr='abc' is not a number"),
-        ("optim.lr=-1", "optim.lr=-1 is out of range: it must be > 0.0"),
-        ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 is out of range"),
-        ("optim.min_lr_ratio=2", "optim.min_lr_ratio=2 is out of range: it must be <= 1.0"),
-        ("optim.betas=[0.9,1.5]", "optim.betas[1]=1.5 must be a number in [0, 1)"),
-        ("task.data.batch_size=abc", "task.data.batch_size='abc' is not an integer"),
-        ("task.data.batch_size=0", "task.data.batch_size=0 is out of range: it must be >= 1"),
+        ("optim.lr=-1", "optim.lr=-1 is out of range: it must be > 0"),
         ("trainer.max_epochs=-1", "trainer.max_epochs=-1 trains forever"),
-        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 is not an integer"),
-        ("seed=x", "seed='x' is not an integer"),
+        ("task.model.num_heads=3", "task.model.num_heads=3 does not divide task.model.embed_dim=64"),
     ],
 )
-def test_a_bad_root_setting_fails_before_any_import_of_torch(tmp_path: Path, override: str, message: str):
-    """Checked before torch and Lightning are imported: one line in well under the seconds they take."""
+def test_a_bad_setting_fails_before_any_import_of_torch(tmp_path: Path, override: str, message: str):
+    """Checked before torch and Lightning are imported: one line in well under the seconds they take (the
+    whole catalogue of bad settings is checked in-process in tests/app/test_bad_inputs.py)."""
     started = time.perf_counter()
     proc = run_train([override, f"hydra.run.dir={tmp_path / 'run'}"])
     elapsed = time.perf_counter() - started
