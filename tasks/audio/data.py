@@ -287,8 +287,17 @@ def _read_list(path: Path, root: Path) -> set[str]:
             f"{path} is missing; task.data.root must be a Speech Commands folder with validation_list.txt "
             "and testing_list.txt beside the word folders"
         )
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line} is not UTF-8 text ({err.reason}); the lists "
+            "hold <word>/<file>.wav paths: save the file as UTF-8"
+        ) from None
     out = set()
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         rel = line.strip()
         if not rel:
             continue

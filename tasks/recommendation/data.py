@@ -74,8 +74,9 @@ def read_interactions(path: str | Path) -> tuple[list[int], list[int], list[floa
     """
     path = Path(path).expanduser()
     if not path.is_file():
+        state = "is a folder" if path.is_dir() else "does not exist"
         raise FileNotFoundError(
-            f"task.data.path={path} does not exist; pass a u.data / ratings.dat / 'user item [timestamp]' "
+            f"task.data.path={path} {state}; pass a u.data / ratings.dat / 'user item [timestamp]' "
             "file, or path=null for the embedded MovieLens-100k"
         )
     users: list[int] = []
@@ -363,6 +364,11 @@ class RecommendationDataModule(L.LightningDataModule):
         super().__init__()
         if path is not None and not Path(path).expanduser().is_file():
             read_interactions(path)  # raises the one-line FileNotFoundError
+        if titles is not None and not Path(titles).expanduser().is_file():
+            raise FileNotFoundError(
+                f"task.data.titles={titles} is not a file; pass the item titles (u.item, movies.dat, .item) "
+                "or titles=null"
+            )
         for key, value, low in (
             ("max_len", max_len, 1),
             ("batch_size", batch_size, 1),

@@ -105,13 +105,25 @@ def read_csv_series(
 
     path = Path(path).expanduser()
     if not path.is_file():
+        state = "is a folder" if path.is_dir() else "does not exist"
         raise FileNotFoundError(
-            f"task.data.root={path} does not exist; pass a CSV with a date column and numeric channels "
+            f"task.data.root={path} {state}; pass a CSV with a date column and numeric channels "
             "(e.g. paths.data_dir=/path/to/data for the recipes), or drop it for the embedded TMY3 data"
         )
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:  # offsets from the file's start (pandas' count from a chunk's)
+            line = raw[: err.start].count(b"\n") + 1
+            raise ValueError(
+                f"{path} line {line} is not UTF-8 text ({err.reason}); save the CSV as UTF-8, e.g. "
+                f"iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}"
+            ) from None
+        raise
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise ValueError(f"{path} is not a readable CSV ({str(err).splitlines()[0][:200]})") from None
     if date_column not in frame.columns:
         raise ValueError(

@@ -24,6 +24,7 @@ import gzip
 import json
 import os
 import random
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -243,13 +244,35 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> ValueError:
+    """The error for a text file that is not UTF-8, naming its first such line."""
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        number: int | str = "?"
+    except UnicodeDecodeError as whole:  # its offset counts from the file's start (err's from a chunk's)
+        number = raw[: whole.start].count(b"\n") + 1
+    return ValueError(
+        f"{path}: line {number} is not UTF-8 text ({err.reason}); save the file as UTF-8, e.g. "
+        f"iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}"
+    )
+
+
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Stripped lines of a UTF-8 text file (``.gz`` read as such); empty lines raise with their number."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path} (check task.data paths / root).")
-    with _open_text(path) as f:
-        lines = [line.strip() for line in f]
+    try:
+        with _open_text(path) as f:
+            lines = [line.strip() for line in f]
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
+    except (OSError, EOFError, zlib.error) as err:  # a .gz name on plain text, a truncated .gz
+        raise ValueError(
+            f"{path} cannot be read ({type(err).__name__}: {err}); a .gz file must be gzip-compressed text "
+            "(a truncated download: fetch it again)"
+        ) from None
     while lines and lines[-1] == "":  # a trailing newline at the very end is not an empty sentence
         lines.pop()
     for i, line in enumerate(lines, start=1):
@@ -311,8 +334,9 @@ def multi30k_corpus(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
-            f"Multi30k folder {root} does not exist; set task.data.root to the folder with "
-            "train.en.gz, val.en.gz, test_2016_flickr.en.gz, ... (or root=null for the hub)."
+            f"Multi30k folder {root} {'is a file' if root.exists() else 'does not exist'}; set "
+            "task.data.root to the folder with train.en.gz, val.en.gz, test_2016_flickr.en.gz, ... "
+            "(or root=null for the hub)."
         )
     splits = {
         split: read_parallel(_find_split_file(root, stem, src_lang), _find_split_file(root, stem, tgt_lang))
@@ -398,20 +422,31 @@ def bible_corpus(
         raise ValueError(f"books in both val and test: {sorted(set(val_books) & set(test_books))}.")
     splits: dict[str, list[Pair]] = {"train": [], "val": [], "test": []}
     books: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            for lang in (src_lang, tgt_lang):
-                if lang not in row:
-                    raise ValueError(f"{path}: line {i} has keys {sorted(row)}; no language {lang!r}.")
-                if not str(row[lang]).strip():
-                    raise ValueError(f"{path}: line {i} ({row.get('ref')}) has an empty {lang!r} verse.")
-            book = str(row["ref"]).rsplit(" ", 1)[0]
-            books.add(book)
-            split = "test" if book in test_books else "val" if book in val_books else "train"
-            splits[split].append((row[src_lang].strip(), row[tgt_lang].strip()))
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    row = err.msg
+                if not isinstance(row, dict) or "ref" not in row:
+                    raise ValueError(
+                        f"{path}: line {i} is not a JSON object with a ref ({str(row)[:60]}); each line "
+                        f'holds one verse: {{"ref": "Genesis 1:1", "{src_lang}": ..., "{tgt_lang}": ...}}'
+                    )
+                for lang in (src_lang, tgt_lang):
+                    if lang not in row:
+                        raise ValueError(f"{path}: line {i} has keys {sorted(row)}; no language {lang!r}.")
+                    if not str(row[lang]).strip():
+                        raise ValueError(f"{path}: line {i} ({row.get('ref')}) has an empty {lang!r} verse.")
+                book = str(row["ref"]).rsplit(" ", 1)[0]
+                books.add(book)
+                split = "test" if book in test_books else "val" if book in val_books else "train"
+                splits[split].append((row[src_lang].strip(), row[tgt_lang].strip()))
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
     unknown = (set(val_books) | set(test_books)) - books
     if unknown:
         raise ValueError(
@@ -503,7 +538,13 @@ def load_tokenizer(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer at {path}.")
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as err:  # the tokenizers library raises a bare Exception for a bad file
+        raise ValueError(
+            f"{path} is not a tokenizer file ({str(err).splitlines()[0][:80]}); pass the tokenizer.json a "
+            "run wrote (or its run folder) as task.data.tokenizer, or drop it to train a new one"
+        ) from None
     check_specials(tok)
     return tok
 

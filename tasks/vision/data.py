@@ -22,6 +22,7 @@ import io
 import os
 import tarfile
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,23 @@ def stratified_split(labels: torch.Tensor, fractions: tuple[float, ...], seed: i
     return out
 
 
-def _decode(data: bytes, image_size: int | None, channels: int | None) -> torch.Tensor:
-    """Decode one encoded image to uint8 (C, H, W), optionally resized (short side) + centre-cropped."""
+def _decode(
+    data: bytes, image_size: int | None, channels: int | None, name: str = "an image"
+) -> torch.Tensor:
+    """Decode one encoded image to uint8 (C, H, W), optionally resized (short side) + centre-cropped;
+    ``name`` (its file) is named when it cannot be decoded."""
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2 import functional as TF
 
     mode = {None: ImageReadMode.UNCHANGED, 1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}[channels]
-    img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+    try:
+        img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+    except (RuntimeError, ValueError) as err:
+        why = str(err).split(". ")[0][:80] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{name}: not a readable image ({why}); expected a JPEG, PNG, WebP or GIF file: replace or "
+            "delete it"
+        ) from None
     if image_size is not None and tuple(img.shape[-2:]) != (image_size, image_size):
         img = TF.center_crop(TF.resize(img, image_size, antialias=True), [image_size, image_size])
     return img
@@ -130,17 +141,18 @@ def _class_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
 
 
 def _collect(
-    items: list[tuple[str, str, bytes]], image_size: int | None, channels: int | None
+    items: list[tuple[str, str, bytes, str]], image_size: int | None, channels: int | None
 ) -> dict[str, Any]:
-    """Decode ``(split, class, bytes)`` items into ``{"splits": {name: Split}, "classes": [...]}``."""
-    classes = sorted({c for s, c, _ in items if s == "train"} or {c for _, c, _ in items})
+    """Decode ``(split, class, bytes, file name)`` items into ``{"splits": {name: Split}, "classes":
+    [...]}``."""
+    classes = sorted({c for s, c, *_ in items if s == "train"} or {c for _, c, *_ in items})
     index = {c: i for i, c in enumerate(classes)}
     by_split: dict[str, tuple[list[torch.Tensor], list[int]]] = {}
-    for split, cls, data in items:
+    for split, cls, data, name in items:
         if cls not in index:
             raise ValueError(f"class folder {split}/{cls} does not exist under train/ (classes: {classes})")
         imgs, labels = by_split.setdefault(split, ([], []))
-        imgs.append(_decode(data, image_size, channels))
+        imgs.append(_decode(data, image_size, channels, name))
         labels.append(index[cls])
     splits = {}
     for split, (imgs, labels) in by_split.items():
@@ -158,19 +170,27 @@ def _read_folder(root: Path, image_size: int | None, channels: int | None) -> di
     for path in sorted(root.rglob("*")):
         key = _class_of(path.relative_to(root).parts)
         if key is not None and key[0] in ("train", "val", "test"):
-            items.append((key[0], key[1], path.read_bytes()))
+            items.append((key[0], key[1], path.read_bytes(), str(path)))
     return _collect(items, image_size, channels)
 
 
 def _read_archive(root: Path, image_size: int | None, channels: int | None) -> dict[str, Any]:
     items = []
-    with tarfile.open(root, "r:*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key = _class_of(tuple(p for p in member.name.split("/") if p not in ("", ".")))
-            if key is not None and key[0] in ("train", "val", "test"):
-                items.append((key[0], key[1], tar.extractfile(member).read()))
+    try:
+        with tarfile.open(root, "r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key = _class_of(tuple(p for p in member.name.split("/") if p not in ("", ".")))
+                if key is not None and key[0] in ("train", "val", "test"):
+                    items.append((key[0], key[1], tar.extractfile(member).read(), f"{root}:{member.name}"))
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:  # not an archive, or cut short
+        why = str(err).splitlines()[0].rstrip(":")[:80] or type(err).__name__
+        raise ValueError(
+            f"task.data.root={root} is not a readable .tar / .tar.gz archive ({why}): expected an "
+            "ImageFolder folder, or an archive of one with train/<class>/*.jpg and test/<class>/*.jpg "
+            "(a truncated download: fetch it again)"
+        ) from None
     items.sort(key=lambda t: (t[0], t[1]))
     return _collect(items, image_size, channels)
 
@@ -201,7 +221,7 @@ def _read_hub(name: str, image_size: int | None, channels: int | None) -> dict[s
         imgs, labels = [], []
         for row in ds[split].cast_column(image_col, datasets.Image(decode=False)):
             data = row[image_col]["bytes"] or Path(row[image_col]["path"]).read_bytes()
-            imgs.append(_decode(data, image_size, channels))
+            imgs.append(_decode(data, image_size, channels, f"hub dataset {name!r} ({split})"))
             labels.append(row[label_col])
         splits[target] = Split(torch.stack(imgs), torch.tensor(labels, dtype=torch.long))
     return {"splits": splits, "classes": list(classes)}
