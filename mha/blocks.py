@@ -506,6 +506,12 @@ class Encoder(_Stack):
         additive mask in the attention dtype): a sequence that is padding everywhere then attends over its
         padding instead of getting zeros.
         """
+        width = self.layers[0].self_attn.embed_dim
+        if not isinstance(x, Tensor) or x.dim() not in (2, 3) or x.shape[-1] != width:
+            raise ValueError(
+                f"Encoder input must be (batch, seq, {width}) (or unbatched (seq, {width})), got "
+                f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+            )
         all_weights: list[Tensor] = []
         sdpa_mask = None
         if _prepare_padding(key_padding_mask, x):

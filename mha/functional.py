@@ -249,6 +249,11 @@ def _check_inputs(
                 f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(shape)}; "
                 "for (batch, seq, embed) inputs use mha.MultiHeadAttention"
             )
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise TypeError(
+            f"q, k and v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them, e.g. "
+            "k.to(q.dtype)"
+        )
     if not (qs[0] == ks[0] == vs[0]):
         raise ValueError(f"batch sizes differ: q {qs[0]}, k {ks[0]}, v {vs[0]}")
     if ks[1] != vs[1] or ks[2] != vs[2]:

@@ -212,7 +212,7 @@ def test_parallel_sweep_runs_jobs_at_once_and_a_failing_job_is_a_row(tmp_path: P
     proc = run_train(args, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors[0] == "error: augment crop must be 'resized', 'translate' or 'none', got 'bogus'"
+    assert errors[0] == "error: task.augment.crop='bogus' is not one of resized, translate, none"
     assert errors[-1].startswith("error: 1 of 3 jobs failed (job 2)")
     assert "Traceback" not in proc.stderr
     sweep_dir = _sweep_dir(tmp_path)
