@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tasks.common import schema
+from tasks.common import cli, schema
 
 if TYPE_CHECKING:
     from tasks.common import SigtermCheckpoint
@@ -32,11 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("train")
 # ${pid:} in conf/hydra/default.yaml: run folders of processes started in the same second stay apart
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)  # a sweep: one value
-
-
-#: exceptions that, raised from this project's own code, are a message for the user, not a crash
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError)
-REPO = Path(__file__).resolve().parent
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -105,22 +100,12 @@ def _report(err: Exception) -> bool:
     """Report ``err`` (inside ``except``): True for the project's own checks, printed as one line on stderr
     and in ``train.log`` (unless ``HYDRA_FULL_ERROR=1``); False for anything else, whose traceback goes into
     ``train.log`` (the caller shows or raises it)."""
-    if isinstance(err, USER_ERRORS) and _raised_by_us(err) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+    if cli.is_user_error(err):  # tasks/common/cli.py: our own check, and HYDRA_FULL_ERROR is not 1
         _to_log_file(f"{type(err).__name__}: {err}")
         print(f"error: {err}", file=sys.stderr)
         return True
     _to_log_file(traceback.format_exc())
     return False
-
-
-def _raised_by_us(err: BaseException) -> bool:
-    """Whether ``err`` was raised in this project's code (not in a library it calls)."""
-    frames = traceback.extract_tb(err.__traceback__)
-    return (
-        bool(frames)
-        and Path(frames[-1].filename).resolve().is_relative_to(REPO)
-        and (".venv" not in Path(frames[-1].filename).parts)
-    )
 
 
 def _to_log_file(text: str) -> None:

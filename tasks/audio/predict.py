@@ -23,7 +23,7 @@ from tasks.audio.data import load_clip
 from tasks.audio.features import LogMel
 from tasks.audio.model import SpectrogramTransformer
 from tasks.audio.task import MODEL_FILE
-from tasks.common import load_checkpoint, model_state_dict, read_model_card
+from tasks.common import cli, load_checkpoint, read_model_card
 
 
 class Recognizer:
@@ -36,15 +36,15 @@ class Recognizer:
     """
 
     def __init__(self, ckpt: str | Path, card: str | Path | None = None, device: str = "cpu") -> None:
+        self.device = cli.device(device)  # a bad name fails before the checkpoint is read
         state = load_checkpoint(ckpt, task="audio")
         ckpt = Path(ckpt).expanduser()
-        info, _ = read_model_card(ckpt, MODEL_FILE, "audio", card)
+        info, card_path = read_model_card(ckpt, MODEL_FILE, "audio", card)
         self.classes: list[str] = list(info["classes"])
         self.clip_samples = int(info["clip_samples"])
-        self.device = torch.device(device)
         self.frontend = LogMel.from_card(info["features"]).to(self.device)
         self.model = SpectrogramTransformer(**info["model"])
-        self.model.load_state_dict(model_state_dict(state))
+        cli.load_weights(self.model, state, ckpt, card_path)
         self.model.to(self.device).eval()
 
     @property
@@ -69,7 +69,8 @@ class Recognizer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: ``ckpt=... [card=...] [top=3] [device=cpu] file.wav ...``."""
+    """Command-line entry: ``ckpt=... [card=...] [top=3] [device=cpu] file.wav ...``; bad input raises
+    ``SystemExit("error: ...")``, which ``python -m`` prints as one line with exit status 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
@@ -78,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         k: v for k, _, v in (a.partition("=") for a in args if a.split("=", 1)[0] in _OPTIONS and "=" in a)
     }
     files = [a for a in args if not ("=" in a and a.split("=", 1)[0] in _OPTIONS)]
+    unknown = [f for f in files if "=" in f and not Path(f).exists()]  # a mistyped option, not a file name
+    if unknown:
+        raise SystemExit(
+            f"error: unknown option {unknown[0]!r}; options are {', '.join(o + '=' for o in _OPTIONS)}"
+        )
     if "ckpt" not in opts:
         raise SystemExit("error: give the checkpoint as ckpt=<run>/checkpoints/best.ckpt")
     if not files:
@@ -85,12 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise SystemExit(f"error: {missing[0]}: no such file")
+    top = opts.get("top", "3")
+    if not top.isdigit() or int(top) < 1:
+        raise SystemExit(f"error: top={top!r} is not a whole number >= 1; pass e.g. top=3")
     try:
-        top = int(opts.get("top", 3))
         recognizer = Recognizer(opts["ckpt"], opts.get("card"), device=opts.get("device", "cpu"))
-        results = recognizer.top(files, top)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+        results = recognizer.top(files, int(top))
+    except cli.USER_ERRORS as err:
+        if not cli.is_user_error(err):  # a library's error, or HYDRA_FULL_ERROR=1: keep the traceback
+            raise
+        raise SystemExit(f"error: {err}") from err
     for path, best in zip(files, results, strict=True):
         print(f"{path}: " + "  ".join(f"{word} {p:.3f}" for word, p in best))
     return 0
@@ -99,4 +109,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 _OPTIONS = ("ckpt", "card", "top", "device")
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run_command(main))

@@ -11,7 +11,10 @@ is one line that names the key, the value and the fix (:class:`ConfigError`, a `
 * a wrong type or an impossible value: the expected type and range;
 * a key the chosen data source or option does not read, changed from its default in
   ``conf/task/<name>.yaml``: which setting would read it (silence would train on something else than asked);
-* a broken rule across keys.
+* a broken rule across keys;
+* a data file, folder or checkpoint that a key names and that does not exist, or is a folder where a file
+  is needed (or the other way round): the path, what it should hold, and for a recipe's path under
+  ``${paths.data_dir}`` the folder to set (:class:`OnDisk`; null, the embedded data, is not a path).
 
 Why tables and not structured configs (dataclasses in Hydra's ConfigStore): the task configs are built with
 ``_target_`` and ``instantiate``, and their keys are the constructors' keyword arguments; typed dataclass
@@ -326,6 +329,68 @@ class Anything(Spec):
         return None
 
 
+@dataclass(frozen=True)
+class OnDisk(Text):
+    """A path that must exist when its key is read: ``kind`` is ``file``, ``folder`` or ``any`` (either),
+    or a function of the other settings that returns one (a key whose meaning depends on the data source);
+    ``holds`` says what it should be and how to write it (text, or such a function); ``base``: a key whose
+    folder a relative path is read from when that key is set. ``~`` is expanded; other relative paths are
+    read from the working folder, as the data modules read them (``train.py`` does not change folder).
+
+    Checked after every other rule (a wrong setting is named before a missing file), and only for a value
+    that is a concrete path: null and the empty string (the embedded data, or a file key left unset) pass."""
+
+    kind: str | Callable[[Getter], str] = "any"
+    holds: str | Callable[[Getter], str] = ""
+    base: str | None = None
+
+    def describe(self) -> str:
+        return "a path" + (f" to a {self.kind}" if self.kind in ("file", "folder") else "")
+
+    def missing(self, key: str, value: Any, get: Getter, raw: Any) -> str | None:
+        """The failure message when ``value`` (``raw``: as written, before interpolation) is not on disk
+        as this key needs it, else ``None``."""
+        if not isinstance(value, str) or not value:
+            return None
+        kind = self.kind(get) if callable(self.kind) else self.kind
+        holds = self.holds(get) if callable(self.holds) else self.holds
+        path = Path(value).expanduser()
+        base = get(self.base) if self.base else None
+        if base:
+            path = Path(base).expanduser() / path
+        where = f"{key}={value}"
+        if not Path(value).is_absolute():  # say where a relative (or ~) path was looked for
+            where += f" (in {self.base}: {path})" if base else f" (resolved to {path.resolve()})"
+        if path.is_dir() and kind == "file":
+            state = "is a folder, not a file"
+        elif path.exists() and not path.is_dir() and kind == "folder":
+            state = "is a file, not a folder"
+        elif not path.exists():
+            state = "does not exist"
+        else:
+            return None
+        fix = f"pass {holds}" if holds else f"pass an existing {kind}"
+        if isinstance(raw, str) and raw.startswith("${paths.data_dir}/"):  # a recipe's path
+            rest = raw.removeprefix("${paths.data_dir}/")
+            fix = f"set paths.data_dir=/path/to/data, the folder that holds {rest}, or {fix}"
+        return f"{where} {state}: {fix}"
+
+
+def File(holds: str | Callable[[Getter], str] = "", **kw: Any) -> OnDisk:
+    """A path to an existing file (null allowed with ``null=True``)."""
+    return OnDisk(kind="file", holds=holds, **kw)
+
+
+def Folder(holds: str | Callable[[Getter], str] = "", **kw: Any) -> OnDisk:
+    """A path to an existing folder."""
+    return OnDisk(kind="folder", holds=holds, **kw)
+
+
+def FileOrFolder(holds: str | Callable[[Getter], str] = "", **kw: Any) -> OnDisk:
+    """A path to an existing file or folder (e.g. an ImageFolder folder or its archive)."""
+    return OnDisk(kind="any", holds=holds, **kw)
+
+
 Rule = Callable[[Getter], "str | None"]
 
 
@@ -422,24 +487,18 @@ TRAINER_OWN = {
 BATCHES = AnyOf(Int(0), Float(0, 1), null=True)  # a number of batches or a fraction of them
 
 
-def _checkpoint_file(get: Getter) -> str | None:
-    """``ckpt_path`` names a file (a missing one, or a run folder, fails before any import)."""
-    given_ = get("ckpt_path")
-    if given_ is None:
-        return None
-    path = Path(given_).expanduser()
-    if path.is_dir():
-        inside = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
-        return f"ckpt_path={given_} is a folder: pass the checkpoint file, e.g. ckpt_path={inside}"
-    if not path.is_file():
-        return f"ckpt_path={given_} does not exist; pass e.g. ckpt_path=<run>/checkpoints/last.ckpt"
-    return None
+def _checkpoint_example(get: Getter) -> str:
+    """What ``ckpt_path`` should name: inside a run folder given instead, its ``last.ckpt``."""
+    folder = Path(get("ckpt_path") or ".").expanduser()
+    inside = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
+    example = inside / "last.ckpt" if folder.is_dir() else "<run>/checkpoints/last.ckpt"
+    return f"the checkpoint file, e.g. ckpt_path={example}"
 
 
 ROOT = Schema(
     {
         "seed": Int(0, 2**32 - 1),
-        "ckpt_path": Text(null=True),
+        "ckpt_path": File(_checkpoint_example, null=True),
         "compile": Flag(),
         "compile_mode": One(
             "default",
@@ -497,7 +556,6 @@ ROOT = Schema(
         **{f"trainer.{name}": Anything() for name in TRAINER_EXTRAS},
     },
     rules=(
-        _checkpoint_file,
         lambda get: (
             "trainer.max_epochs=-1 trains forever: set trainer.max_epochs >= 1 or trainer.max_steps >= 1"
             if get("trainer.max_epochs") == -1 and get("trainer.max_steps") in (None, -1)
@@ -548,7 +606,11 @@ VISION = Schema(
         "task.label_smoothing": Rate(),
         "task.tta_flip": Flag(),
         "task.num_attention_images": Int(0),
-        "task.data.root": Text(null=True),
+        "task.data.root": FileOrFolder(
+            "an ImageFolder folder holding train/ and test/ (<class>/*.jpg inside) or a .tar.gz of one, e.g. "
+            "task.data.root=/path/to/cifar10-jpg.tar.gz; or null for the embedded MNIST digits",
+            null=True,
+        ),
         "task.data.hub": Text(null=True),
         "task.data.batch_size": Int(1),
         "task.data.eval_batch_size": Int(1, null=True),
@@ -618,6 +680,13 @@ def _corpus(*names: str) -> When:
     return is_("task.data.name", *names)
 
 
+#: what task.data.root holds for each corpus that reads it
+TRANSLATION_ROOTS = {
+    "multi30k": "the folder of the upstream Multi30k files (train.en.gz, val.en.gz, test_2016_flickr.en.gz, "
+    "...); or null for the hub copy",
+    "files": "the folder the task.data.files paths are read from; or null (the paths as given)",
+    "bible": "the bible JSON-lines file, e.g. task.data.root=/path/to/web_rv1909_en_es.jsonl",
+}
 FILE_KEYS = ("train_src", "train_tgt", "val_src", "val_tgt", "test_src", "test_tgt")
 
 
@@ -677,7 +746,12 @@ TRANSLATION = Schema(
         "task.data.name": One("numbers", "multi30k", "files", "bible"),
         "task.data.src_lang": Text(),
         "task.data.tgt_lang": Text(),
-        "task.data.root": Text(null=True, when=_corpus("multi30k", "files", "bible")),
+        "task.data.root": OnDisk(
+            kind=lambda get: "file" if get("task.data.name") == "bible" else "folder",
+            holds=lambda get: TRANSLATION_ROOTS.get(get("task.data.name"), ""),
+            null=True,
+            when=_corpus("multi30k", "files", "bible"),
+        ),
         "task.data.numbers.max_digits": Int(1, 9, when=_corpus("numbers")),
         "task.data.numbers.train_size": Int(1, when=_corpus("numbers")),
         "task.data.numbers.val_size": Int(1, when=_corpus("numbers")),
@@ -688,12 +762,22 @@ TRANSLATION = Schema(
         "task.data.numbers.train_only_below": Int(0, when=_corpus("numbers")),
         "task.data.numbers.seed": Int(0, when=_corpus("numbers")),
         "task.data.multi30k.hub_name": Text(when=_corpus("multi30k") & absent("task.data.root")),
-        **{f"task.data.files.{k}": Text(empty=True, when=_corpus("files")) for k in FILE_KEYS},
+        **{
+            f"task.data.files.{k}": File(
+                "a text file of one sentence a line (relative to task.data.root when that is set)",
+                empty=True,
+                base="task.data.root",
+                when=_corpus("files"),
+            )
+            for k in FILE_KEYS
+        },
         "task.data.bible.val_books": List(Text(), min_length=1, when=_corpus("bible")),
         "task.data.bible.test_books": List(Text(), min_length=1, when=_corpus("bible")),
         "task.data.vocab_size": Int(300, hint="byte-level BPE needs the 256 bytes and the special tokens"),
         "task.data.shared_vocab": Flag(),
-        "task.data.tokenizer": Text(null=True),
+        "task.data.tokenizer": FileOrFolder(
+            "the tokenizer.json a run wrote, or that run's folder; or null to train a new one", null=True
+        ),
         "task.data.max_len": Int(2),
         "task.data.batch_size": Int(1, when=absent("task.data.max_tokens")),
         "task.data.max_tokens": Int(1, null=True),
@@ -741,6 +825,15 @@ def _source(*names: str) -> When:
     return is_("task.data.source", *names)
 
 
+#: what task.data.root holds for each source that reads it
+AUDIO_ROOTS = {
+    "fsdd": "the FSDD recordings folder (<digit>_<speaker>_<n>.wav), e.g. "
+    "task.data.root=/path/to/data/fsdd/recordings",
+    "speech_commands": "the unpacked Speech Commands folder (<word>/*.wav, validation_list.txt, "
+    "testing_list.txt), e.g. task.data.root=/path/to/data/speech_commands",
+}
+
+
 def _audio_features(get: Getter) -> str | None:
     n_mels, patch_freq = get("task.features.n_mels"), get("task.model.patch_freq")
     if patch_freq is not None and n_mels % patch_freq:
@@ -772,7 +865,11 @@ AUDIO = Schema(
         "task.label_smoothing": Rate(),
         "task.num_plot_clips": Int(0),
         "task.data.source": One("espeak", "fsdd", "speech_commands"),
-        "task.data.root": Text(null=True, when=_source("fsdd", "speech_commands")),
+        "task.data.root": Folder(
+            lambda get: AUDIO_ROOTS.get(get("task.data.source"), ""),
+            null=True,
+            when=_source("fsdd", "speech_commands"),
+        ),
         "task.data.sample_rate": Int(1000),
         "task.data.clip_seconds": Float(0, low_open=True),
         "task.data.batch_size": Int(1),
@@ -891,7 +988,11 @@ TIMESERIES = Schema(
         "task.dlinear.epochs": Int(0),
         "task.dlinear.lr": Float(0, low_open=True, when=DLINEAR),
         "task.dlinear.batch_size": Int(1, when=DLINEAR),
-        "task.data.root": Text(null=True),
+        "task.data.root": File(
+            "a CSV with a date column and numeric channels, e.g. task.data.root=/path/to/series.csv; or null "
+            "for the embedded TMY3 year",
+            null=True,
+        ),
         "task.data.date_column": Text(when=given("task.data.root")),
         "task.data.channels": List(Text(), min_length=1, null=True),
         "task.data.split": List(Fraction(), length=3, null=True, when=absent("task.data.borders")),
@@ -945,8 +1046,12 @@ RECOMMENDATION = Schema(
         "task.exclude_seen": Flag(),
         "task.monitor": Text(),
         "task.num_attention_plots": Int(0),
-        "task.data.path": Text(null=True),
-        "task.data.titles": Text(null=True),
+        "task.data.path": File(
+            "an interaction log (u.data, ratings.dat, .inter or 'user item [timestamp]' lines); or null for "
+            "the embedded MovieLens-100k",
+            null=True,
+        ),
+        "task.data.titles": File("the item titles (u.item, movies.dat, .item); or null", null=True),
         "task.data.min_interactions": Int(
             3, hint="leave-one-out needs a training, a validation and a test item"
         ),
@@ -1066,6 +1171,12 @@ def check_config(cfg: DictConfig) -> None:
         message = rule(get)
         if message is not None:
             raise ConfigError(message)
+    for key, value in values.items():  # 5. files and folders that must exist (last: they look at disk)
+        spec = keys.get(key)
+        if isinstance(spec, OnDisk) and (spec.when is None or spec.when.test(get)):
+            message = spec.missing(key, value, get, raw.get(key))
+            if message is not None:
+                raise ConfigError(message)
 
 
 def _unknown(key: str, known: Mapping[str, Spec], file: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tasks.common import load_checkpoint, model_state_dict, read_model_card
+from tasks.common import cli, load_checkpoint, read_model_card
 
 from .data import PAD, load_sequences, read_titles, titles_path
 from .model import SASRec
@@ -38,12 +38,12 @@ class Recommender:
     """
 
     def __init__(self, ckpt: str | Path, device: str = "cpu") -> None:
+        self.device = cli.device(device)  # a bad name fails before the checkpoint is read
         ckpt = Path(ckpt).expanduser()
         state = load_checkpoint(ckpt, task="recommendation")
-        self.card, _ = read_model_card(ckpt, MODEL_FILE, "recommendation")
+        self.card, card_path = read_model_card(ckpt, MODEL_FILE, "recommendation")
         self.model = SASRec(**self.card["model"])
-        self.model.load_state_dict(model_state_dict(state))
-        self.device = torch.device(device)
+        cli.load_weights(self.model, state, ckpt, card_path)
         self.model.to(self.device).eval()
         self.item_ids: list[int] = list(self.card["item_ids"])
         self.index = {raw: i + 1 for i, raw in enumerate(self.item_ids)}
@@ -141,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             k=_int("k", opts.get("k", "10")),
             exclude_seen=None if exclude is None else exclude.lower() == "true",
         )
-    except (FileNotFoundError, ValueError) as err:
+    except cli.USER_ERRORS as err:
+        if not cli.is_user_error(err):  # a library's error, or HYDRA_FULL_ERROR=1: keep the traceback
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     shown = ", ".join(str(i) for i in history[-5:])
@@ -152,4 +154,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run_command(main))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.common import load_checkpoint, model_state_dict, read_model_card
+from tasks.common import cli, load_checkpoint, read_model_card
 
 from .data import read_csv_series
 from .model import PatchTST
@@ -42,13 +42,13 @@ class Forecaster:
     """
 
     def __init__(self, ckpt: str | Path, run_dir: str | Path | None = None, device: str = "cpu") -> None:
+        self.device = cli.device(device)  # a bad name fails before the checkpoint is read
         ckpt = Path(ckpt).expanduser()
         state = load_checkpoint(ckpt, task="timeseries")  # weights_only=True; raises on a missing file
         given = Path(run_dir) / MODEL_FILE if run_dir else None
-        self.card, _ = read_model_card(ckpt, MODEL_FILE, "timeseries", given)
+        self.card, card_path = read_model_card(ckpt, MODEL_FILE, "timeseries", given)
         self.model = PatchTST(**self.card["model"])
-        self.model.load_state_dict(model_state_dict(state))
-        self.device = torch.device(device)
+        cli.load_weights(self.model, state, ckpt, card_path)
         self.model.to(self.device).eval()
         self.mean = np.asarray(self.card["mean"])
         self.std = np.asarray(self.card["std"])
@@ -126,7 +126,9 @@ USAGE = __doc__ or ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``ckpt=`` (required), ``--csv PATH`` (required), ``out=``, ``device=``, ``run_dir=``."""
+    """Command line: ``ckpt=`` (required), ``--csv PATH`` (required), ``out=``, ``device=``, ``run_dir=``.
+    A bad option raises ``SystemExit("error: ...")``, a bad file or checkpoint the project's own error;
+    ``python -m`` turns either into one line and exit status 2 (:func:`tasks.common.cli.run_command`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
@@ -151,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for needed, how in (("ckpt", "ckpt=<run>/checkpoints/best.ckpt"), ("csv", "--csv series.csv")):
         if needed not in opts:
             raise SystemExit(f"error: give {how}")
+    csv = Path(opts["csv"]).expanduser()
+    if not csv.is_file():  # before the checkpoint is read
+        raise SystemExit(f"error: --csv {opts['csv']}: {'is a folder' if csv.is_dir() else 'no such file'}")
     forecaster = Forecaster(opts["ckpt"], opts.get("run_dir"), device=opts.get("device", "cpu"))
     out, png = forecaster.forecast_csv(opts["csv"], opts.get("out"))
     print(f"forecast of {forecaster.card['model']['horizon']} rows written to {out} and {png}")
@@ -158,4 +163,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run_command(main))
