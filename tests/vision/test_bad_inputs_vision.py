@@ -132,3 +132,30 @@ def test_bad_image_data_is_named(tmp_path: Path, make, error, fragments):
     dm = VisionDataModule(root=str(root), batch_size=2, cache_dir=str(cache))
     expect_error(dm.setup, error, *fragments, watch=[data, cache])
     assert not cache.exists(), "a failed decode wrote a cache"
+
+
+def test_an_unreachable_hub_dataset_is_one_line(tmp_path: Path, monkeypatch):
+    """Offline (``HF_HUB_OFFLINE=1``) a hub dataset missing from the cache fails in one line that names the
+    hub id, says what loading it needs, and gives the local alternative; train.py prints it without a
+    traceback (one of the project's own errors); no dataset cache is written."""
+    from tasks.common import cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    name = "mha-suite-tests/no-such-dataset"  # never in any cache
+    cache = tmp_path / "cache"
+    dm = VisionDataModule(hub=name, batch_size=2, cache_dir=str(cache))
+    expect_error(
+        dm.setup,
+        ValueError,
+        f"task.data.hub={name} could not be loaded (HF_HUB_OFFLINE and HF_DATASETS_OFFLINE set;",
+        "needs network access",
+        f"a datasets cache that already holds {name}",
+        "paths.data_dir=/path/to/data",
+        "task.data.root=",
+        watch=[tmp_path],
+    )
+    with pytest.raises(ValueError) as info:
+        dm.setup()
+    assert cli.is_user_error(info.value), "train.py would show a traceback"
+    assert not cache.exists()

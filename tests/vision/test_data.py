@@ -122,7 +122,9 @@ def test_hub_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     dm = VisionDataModule(hub="no-such-user/no-such-dataset", cache_dir=None)
-    with pytest.raises(RuntimeError, match="could not load hub dataset .*HF_HUB_OFFLINE"):
+    with pytest.raises(
+        ValueError, match="task.data.hub=no-such-user/no-such-dataset could not be loaded .*HF_HUB_OFFLINE"
+    ):
         dm.setup()
 
 
