@@ -161,7 +161,8 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> dict[st
     written_by = (state.get(TASK_KEY) or {}).get("task")
     if task is not None and written_by is not None and written_by != task:
         raise ValueError(
-            f"checkpoint {path} was written by task={written_by}, not task={task}; pass a {task} checkpoint."
+            f"checkpoint {path} was written by task={written_by}, not task={task}; "
+            f"pass a checkpoint of task={task}."
         )
     return state
 
@@ -225,7 +226,16 @@ def read_model_card(
         ]
     for path in candidates:
         if path.is_file():
-            return json.loads(path.read_text()), path
+            try:
+                card = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(
+                    f"model card {path} is not valid JSON ({err}); it is written by train.py task={task}: "
+                    "restore it from the run folder or retrain"
+                ) from None
+            if not isinstance(card, dict):
+                raise ValueError(f"model card {path} holds {type(card).__name__}, expected a JSON object")
+            return card, path
     raise FileNotFoundError(
         f"no {filename} at {', '.join(map(str, candidates))}; train.py task={task} writes it into the run "
         "folder of the checkpoint: pass that folder's checkpoint, or the card's path"

@@ -1149,3 +1149,19 @@ def test_a_bad_translate_option_exits_with_one_line(tmp_path: Path, argv, fragme
         watch=[tmp_path],
     )
     assert message.startswith("error: ")
+
+
+@pytest.mark.parametrize("text", ['{"num_channels": 3', "[1, 2]", "\xff\xfe"])
+def test_a_corrupt_model_card_is_one_line_naming_it(tmp_path: Path, text: str):
+    from tasks.common.checkpoint import read_model_card
+
+    (tmp_path / "checkpoints").mkdir()
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    ckpt.write_bytes(b"")
+    card = tmp_path / "model_card.json"
+    card.write_bytes(text.encode("latin-1"))
+    before = card.read_bytes()
+    with pytest.raises(ValueError, match="model card") as info:
+        read_model_card(ckpt, "model_card.json", "timeseries")
+    assert str(card) in str(info.value) and "\n" not in str(info.value)
+    assert card.read_bytes() == before
