@@ -79,13 +79,15 @@ class TopKMetric(Metric):
 
     Args:
         protocol: ``"full"`` or ``"sampled"``.  kind: ``"hr"`` or ``"ndcg"``.  k: the cut-off.
+        sync: sum the states over DDP processes in ``compute`` (``False`` for a score every process
+            computes on the whole split itself, e.g. the baselines).
     """
 
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, protocol: str, kind: str, k: int) -> None:
-        super().__init__()
+    def __init__(self, protocol: str, kind: str, k: int, *, sync: bool = True) -> None:
+        super().__init__(sync_on_compute=sync)
         if kind not in ("hr", "ndcg"):
             raise ValueError(f"metric kind {kind!r}; pick hr or ndcg")
         self.protocol, self.kind, self.k = protocol, kind, int(k)
@@ -114,10 +116,13 @@ def metric_names(ks: Iterable[int], num_negatives: int) -> list[tuple[str, str, 
     ]
 
 
-def ranking_metrics(ks: Iterable[int], num_negatives: int) -> MetricCollection:
-    """A fresh collection of every ``metric_names`` entry."""
+def ranking_metrics(ks: Iterable[int], num_negatives: int, *, sync: bool = True) -> MetricCollection:
+    """A fresh collection of every ``metric_names`` entry (``sync``: see :class:`TopKMetric`)."""
     return MetricCollection(
-        {name: TopKMetric(protocol, kind, k) for name, protocol, kind, k in metric_names(ks, num_negatives)},
+        {
+            name: TopKMetric(protocol, kind, k, sync=sync)
+            for name, protocol, kind, k in metric_names(ks, num_negatives)
+        },
         compute_groups=False,
     )
 

@@ -131,7 +131,9 @@ class RecommendationTask(Task):
         dataset = datamodule.eval_dataset(split)
         pop = popularity(dataset.histories, datamodule.num_items)
         trans = Transitions(dataset.histories, datamodule.num_items)
-        collections = {name: self.build_metrics() for name in BASELINES}
+        # every process scores the whole split itself: no sum over DDP processes (the sum counted each user
+        # once per process, and rank 0 drawing the curves alone waited for processes that had finished)
+        collections = {name: ranking_metrics(self.ks, self.num_negatives, sync=False) for name in BASELINES}
         for start in range(0, len(dataset), datamodule.eval_batch_size):
             stop = min(start + datamodule.eval_batch_size, len(dataset))
             batch = datamodule.collate([dataset[i] for i in range(start, stop)])

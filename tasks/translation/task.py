@@ -115,9 +115,7 @@ class TranslationTask(Task):
         return model
 
     def build_metrics(self) -> MetricCollection:
-        return MetricCollection(
-            {"bleu": SacreBLEU(), "chrf": ChrF(), "exact_match": ExactMatch()}, compute_groups=False
-        )
+        return text_metrics()
 
     # -- steps -------------------------------------------------------------------------------------------
 
@@ -221,10 +219,22 @@ class TranslationTask(Task):
             )
 
 
+def text_metrics(*, sync: bool = True) -> MetricCollection:
+    """The task's metrics: sacreBLEU BLEU and chrF (0-100), exact match (0-1). ``sync=False``: no gathering
+    over DDP processes in ``compute``, for a score that every process computes on the whole split (gathered,
+    each sentence would count once per process, and BLEU's smoothing of empty n-gram orders changes with
+    the corpus size)."""
+    kwargs = {"sync_on_compute": sync}
+    return MetricCollection(
+        {"bleu": SacreBLEU(**kwargs), "chrf": ChrF(**kwargs), "exact_match": ExactMatch(**kwargs)},
+        compute_groups=False,
+    )
+
+
 def copy_source_scores(pairs: Sequence[Pair]) -> dict[str, float]:
     """The copy-the-source baseline: each metric of the task's own :class:`MetricCollection` (so the same
     scale as the model's row: BLEU and chrF 0-100, exact match 0-1) on the untranslated sources."""
-    metrics = TranslationTask().build_metrics()
+    metrics = text_metrics(sync=False)  # every DDP process scores the whole test split itself
     metrics.update([p[0] for p in pairs], [p[1] for p in pairs])
     return {name: float(value) for name, value in metrics.compute().items()}
 
