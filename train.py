@@ -228,6 +228,11 @@ def train(cfg: DictConfig, monitored: dict[str, Any] | None = None) -> dict[str,
             mode=task.monitor_mode,
             best=float(best) if best is not None else None,
         )
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # DDP: every rank waits for rank 0's plots, then all
+        dist.barrier()  # leave together (a rank that exits first can abort and take the others down)
+        dist.destroy_process_group()
     return rows
 
 
