@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 from torch import nn
+from torchmetrics import MeanMetric
 
 from tasks.base import Task
 from tasks.common.checkpoint import TASK_KEY, rng_state, set_rng_state
@@ -72,6 +73,9 @@ class TaskModule(L.LightningModule):
         metrics = task.build_metrics()
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # the mean loss over the split, weighted by batch size and summed over every process before the
+        # division (Lightning's own sync_dist mean floors the number of batches when their total is odd)
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -138,15 +142,15 @@ class TaskModule(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.task.eval_step(self.model, batch, self.val_metrics)
-        self.log(
-            "val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=_batch_size(batch)
-        )
+        self.val_loss.update(loss.detach().float(), weight=_batch_size(batch) or 1)
+        self.log("val/loss", self.val_loss, prog_bar=True, on_epoch=True)
         self.log_dict(self.val_metrics, prog_bar=True, on_epoch=True)
         return loss
 
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.task.eval_step(self.model, batch, self.test_metrics)
-        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=_batch_size(batch))
+        self.test_loss.update(loss.detach().float(), weight=_batch_size(batch) or 1)
+        self.log("test/loss", self.test_loss, on_epoch=True)
         self.log_dict(self.test_metrics, on_epoch=True)
         return loss
 
