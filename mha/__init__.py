@@ -8,7 +8,7 @@ See ``mha/README.md``.
 """
 
 from .blocks import MLP, Decoder, DecoderLayer, DropPath, Encoder, EncoderLayer, LayerScale
-from .cache import DecoderCache, KVCache
+from .cache import DecoderCache, KVCache, StaticDecoderCache
 from .functional import attention, force_backend, last_backend
 from .masks import and_masks, causal_mask, padding_mask, sliding_window_mask, torch_to_sdpa_mask
 from .modules import MultiHeadAttention, load_timm_attention
@@ -29,6 +29,7 @@ __all__ = [
     "load_timm_attention",
     "KVCache",
     "DecoderCache",
+    "StaticDecoderCache",
     "MLP",
     "DropPath",
     "LayerScale",

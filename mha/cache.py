@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["KVCache", "DecoderCache"]
+__all__ = ["KVCache", "DecoderCache", "StaticDecoderCache"]
 
 
 class KVCache:
@@ -25,7 +25,11 @@ class KVCache:
     Attributes:
         k, v: ``(batch, kv_heads, seq_len, head_dim)`` or ``None`` while empty.
         positions: key positions ``(seq_len,)`` or ``(batch, seq_len)``, kept for ALiBi; ``None`` otherwise.
+        mask: ``None`` here (every key held counts); a static cache's SDPA-convention mask of the keys
+            written, which ``MultiHeadAttention`` applies (see ``StaticDecoderCache``).
     """
+
+    mask: Tensor | None = None
 
     def __init__(self, static: bool = False, capacity: int | None = None) -> None:
         if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
@@ -206,3 +210,153 @@ class DecoderCache:
 
     def __repr__(self) -> str:
         return f"DecoderCache(num_layers={len(self)}, seq_len={self.seq_len})"
+
+
+class StaticDecoderCache:
+    """Fixed-shape caches of a ``Decoder`` for CUDA graphs: no tensor changes shape or address between steps.
+
+    The self-attention keys/values of all layers live in one ``(batch, layers, 2, kv_heads, capacity,
+    head_dim)`` buffer (allocated on the first step), written in place at ``position``, a device tensor, so
+    that a captured step reads it at replay instead of baking in a host value.  Each attention reads all
+    ``capacity`` positions under ``mask`` (0 up to the position written, ``-inf`` after).  A beam ``reorder``
+    gathers whole rows into a second buffer of the same shape, which becomes the ``front`` one: one pass over
+    the keys/values, no copy back (a graph that reorders is captured once per front buffer).  The
+    cross-attention keys/values of the memory are copied into buffers of their own on the first step after
+    ``reset()``.  The batch never changes (a search keeps finished rows and ignores them).
+
+    One token per call (``x`` ``(batch, 1, E)``), ``position`` advancing by one after the last layer; at
+    most ``capacity`` calls between resets.  Absolute positions are the caller's (``position`` is the
+    offset); RoPE and ALiBi are not supported.
+
+    Args:
+        num_layers: decoder layers.  capacity: target positions held.  device: where ``position`` lives.
+    """
+
+    def __init__(self, num_layers: int, capacity: int, device: torch.device | str | None = None) -> None:
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        self.capacity = capacity
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # (1,): the slot the next token fills
+        self._slots = torch.arange(capacity, device=device)
+        self._buffers: list[Tensor] = []  # the front buffer, and the back one once a reorder needs it
+        self.front = 0  # index of the buffer that holds the keys/values
+        self.mask: Tensor | None = None  # (1, 1, 1, capacity) additive, set by layer 0's write each step
+        self.self_attn = [_StaticSelfCache(self, i) for i in range(num_layers)]
+        self.cross_attn = [_StaticMemoryCache() for _ in range(num_layers)]
+
+    def __len__(self) -> int:
+        return len(self.self_attn)
+
+    @property
+    def buffer(self) -> Tensor | None:
+        """The self-attention keys/values ``(batch, layers, 2, kv_heads, capacity, head_dim)``."""
+        return self._buffers[self.front] if self._buffers else None
+
+    def layer(self, i: int) -> tuple[_StaticSelfCache, _StaticMemoryCache]:
+        """``(self-attention cache, cross-attention cache)`` of layer ``i``."""
+        return self.self_attn[i], self.cross_attn[i]
+
+    def _write(self, slot: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store layer ``slot``'s new keys/values ``(batch, kv_heads, 1, head_dim)`` at ``position``."""
+        if k.shape[2] != 1 or v.shape[-1] != k.shape[-1]:
+            raise ValueError(
+                f"a StaticDecoderCache takes one token per call with equal k/v head sizes, got k "
+                f"{tuple(k.shape)} and v {tuple(v.shape)}"
+            )
+        if slot == 0:
+            b, h, _, d = k.shape
+            shape = (b, len(self), 2, h, self.capacity, d)
+            buffer = self.buffer
+            if buffer is None or buffer.shape != shape or buffer.dtype != k.dtype:
+                self._buffers, self.front = [k.new_zeros(shape)], 0
+            zero = torch.zeros((), dtype=k.dtype, device=k.device)
+            self.mask = zero.masked_fill(self._slots > self.position, float("-inf")).view(1, 1, 1, -1)
+        keys, values = self.buffer[:, slot].unbind(1)
+        keys.index_copy_(2, self.position, k)
+        values.index_copy_(2, self.position, v)
+        if slot == len(self) - 1:
+            self.position += 1
+        return keys, values
+
+    def reorder(self, index: Tensor, *, cross: bool = True) -> None:
+        """Rows continue the caches of rows ``index`` ``(batch,)`` (beam search): the self-attention rows are
+        gathered into the back buffer, which becomes the front one; ``cross=False`` leaves the
+        cross-attention caches alone (beams of one sentence share the memory)."""
+        if self._buffers:
+            if len(self._buffers) == 1:
+                self._buffers.append(torch.empty_like(self._buffers[0]))
+            torch.index_select(self._buffers[self.front], 0, index, out=self._buffers[1 - self.front])
+            self.front = 1 - self.front
+        if cross:
+            for cache in self.cross_attn:
+                cache.reorder(index)
+
+    def reset(self) -> None:
+        """Start a new batch: position 0, cross-attention caches refilled on the next step (buffers kept)."""
+        self.position.zero_()
+        for cache in self.cross_attn:
+            cache.filled = False
+
+    def __repr__(self) -> str:
+        return f"StaticDecoderCache(num_layers={len(self)}, capacity={self.capacity})"
+
+
+class _StaticSelfCache:
+    """Layer ``slot``'s view of a ``StaticDecoderCache``: the self-attention cache its module sees."""
+
+    static = False
+    positions = None
+
+    def __init__(self, pool: StaticDecoderCache, slot: int) -> None:
+        self._pool, self._slot = pool, slot
+
+    @property
+    def mask(self) -> Tensor | None:
+        return self._pool.mask
+
+    @property
+    def seq_len(self) -> int:
+        raise ValueError(
+            "a StaticDecoderCache keeps its position on the device: RoPE/ALiBi are not supported; use "
+            "absolute positions with cache.position as the offset"
+        )
+
+    def update(self, k: Tensor, v: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if positions is not None:
+            raise ValueError("a StaticDecoderCache does not keep ALiBi positions")
+        return self._pool._write(self._slot, k, v)
+
+
+class _StaticMemoryCache:
+    """A cross-attention cache whose keys/values are copied into buffers kept from batch to batch."""
+
+    static = True
+    positions = None
+    mask = None
+
+    def __init__(self) -> None:
+        self.filled = False
+        self._k: Tensor | None = None
+        self._v: Tensor | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.filled
+
+    def update(
+        self, k: Tensor | None, v: Tensor | None, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The first call after a reset copies ``k``/``v`` (the projected memory) in; later reuse it."""
+        if not self.filled:
+            if self._k is None or self._k.shape != k.shape or self._k.dtype != k.dtype:
+                self._k = k.new_empty(k.shape)
+                self._v = v.new_empty(v.shape)
+            self._k.copy_(k)
+            self._v.copy_(v)
+            self.filled = True
+        return self._k, self._v
+
+    def reorder(self, index: Tensor) -> None:
+        if self._k is not None:
+            self._k.copy_(self._k.index_select(0, index))
+            self._v.copy_(self._v.index_select(0, index))

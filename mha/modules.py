@@ -375,6 +375,8 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(k, v, q_pos if self.alibi_slopes is not None else None)
             if self.alibi_slopes is not None:
                 k_pos = cache.positions
+            if cache.mask is not None:  # a static cache: only the positions written so far count
+                sdpa_mask = and_masks(sdpa_mask, cache.mask, q.dtype)
         k_len = k.shape[2]
 
         mask = None

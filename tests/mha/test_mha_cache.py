@@ -1,4 +1,5 @@
-"""Preallocated KV caches (in-place appends, growth, reorder), stack-level padding masks and op counts."""
+"""Preallocated KV caches (in-place appends, growth, reorder), static caches for CUDA graphs, stack-level
+padding masks and op counts."""
 
 import collections
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mha import Decoder, Encoder, KVCache, MultiHeadAttention
+from mha import Decoder, Encoder, KVCache, MultiHeadAttention, StaticDecoderCache
 from mha.masks import key_padding_to_sdpa
 
 E, H = 32, 4
@@ -178,3 +179,46 @@ def test_decoder_cache_pools_layers_one_copy_per_beam_reorder():
     cache.self_attn[1].reset()  # a layer leaving the pool: reorders fall back to per-layer copies
     cache.reorder(idx)
     assert cache.self_attn[0].seq_len == 5 and cache.self_attn[1].seq_len == 0
+
+
+def test_static_decoder_cache_equals_full_forward_and_is_reused_after_reset():
+    """Fixed shapes for CUDA graphs: one token per call written in place at a device position, attention over
+    every slot under the cache's mask, a beam reorder in place; the same buffers serve the next batch."""
+    torch.manual_seed(0)
+    dec = Decoder(2, E, H, ffn_dim=48).eval()
+    cache = StaticDecoderCache(len(dec.layers), capacity=8)
+    seen = []  # the buffers' addresses in each batch
+    for batch in range(2):
+        tgt, mem = torch.randn(3, 5, E), torch.randn(3, 4, E)
+        kpm = torch.tensor([[False] * 4, [False] * 2 + [True] * 2, [False] * 4])
+        idx = torch.tensor([2, 0, 0])
+        full, _ = dec(tgt[idx], mem[idx], memory_key_padding_mask=kpm[idx])
+        cache.reset()
+        with torch.no_grad():
+            for i in range(3):
+                dec(tgt[:, i : i + 1], mem, memory_key_padding_mask=kpm, cache=cache)
+            cache.reorder(idx)  # self and cross caches follow the rows (the memory mask is the caller's)
+            buffers = [b.data_ptr() for b in cache._buffers]
+            mem, kpm = mem[idx], kpm[idx]
+            steps = [
+                dec(tgt[idx, i : i + 1], mem, memory_key_padding_mask=kpm, cache=cache)[0] for i in (3, 4)
+            ]
+        close(torch.cat(steps, 1), full[:, 3:])
+        assert cache.position.tolist() == [5]
+        assert cache.front == 1 - batch  # the reorder gathered into the other buffer, now the front one
+        seen.append(buffers)
+        assert cache.mask.shape == (1, 1, 1, 8)
+        assert cache.mask[0, 0, 0].isinf().tolist() == [False] * 5 + [True] * 3
+    assert seen[0] == seen[1]  # the same two buffers served the second batch
+
+
+def test_static_decoder_cache_errors():
+    with pytest.raises(ValueError, match="capacity"):
+        StaticDecoderCache(2, capacity=0)
+    dec = Decoder(1, E, H).eval()
+    mem = torch.randn(2, 3, E)
+    with torch.no_grad(), pytest.raises(ValueError, match="one token per call"):
+        dec(torch.randn(2, 2, E), mem, cache=StaticDecoderCache(1, capacity=4))
+    rope = MultiHeadAttention(E, H, positional="rope").eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="RoPE/ALiBi"):
+        rope(torch.randn(2, 1, E), is_causal=True, cache=StaticDecoderCache(1, capacity=4).self_attn[0])
