@@ -1,7 +1,8 @@
 """Encoder-decoder Transformer for translation, built from ``mha.Encoder`` and ``mha.Decoder``.
 
 Token embeddings are scaled by ``sqrt(embed_dim)`` and get absolute positions (sinusoidal or learned) added
-outside the attention; during incremental decoding the position offset is ``cache.seq_len``. The output
+outside the attention; during incremental decoding the position offset is ``cache.seq_len`` (a static
+cache's ``position``, a device tensor, for fixed-shape steps that a CUDA graph replays). The output
 projection is tied to the target embedding, and source / target embeddings are one table when the
 vocabulary is shared.
 """
@@ -146,6 +147,19 @@ class Seq2SeqTransformer(nn.Module):
             return self.embed_dropout(x + sinusoid[offset : offset + ids.shape[1]].to(x.dtype))
         return self.embed_dropout(pos(x, offset=offset))
 
+    def _embed_at(self, ids: Tensor, position: Tensor, capacity: int) -> Tensor:
+        """(batch, 1) target ids at a device ``position`` (1,) -> (batch, 1, embed): the same sums as
+        :meth:`_embed` without reading the position on the host; ``capacity`` bounds the positions."""
+        x = self.tgt_embed(ids) * math.sqrt(self.embed_dim)
+        sinusoid = getattr(self, "_sinusoid", None)
+        if self.max_positions is not None:
+            pos = self.tgt_pos.weight.index_select(0, position)
+        elif capacity <= sinusoid.shape[0]:
+            pos = sinusoid.index_select(0, position)
+        else:
+            pos = mha.sinusoidal_table(position, self.embed_dim)
+        return self.embed_dropout(x + pos.to(x.dtype))
+
     def encode(self, src: Tensor, *, has_padding: bool = True) -> tuple[Tensor, Tensor | None]:
         """Source ids (batch, src_len) -> memory (batch, src_len, embed) and its padding mask
         (batch, src_len), ``True`` at padding (``nn.MultiheadAttention`` meaning).
@@ -182,8 +196,11 @@ class Seq2SeqTransformer(nn.Module):
             logits (batch, tgt_len, tgt_vocab) and, with ``need_weights``, the per-layer cross-attention
             weights, each (batch, heads, tgt_len, src_len).
         """
-        offset = cache.seq_len if cache is not None else 0
-        x = self._embed(tgt_in, self.tgt_embed, self.tgt_pos, offset=offset)
+        if isinstance(cache, mha.StaticDecoderCache):
+            x = self._embed_at(tgt_in, cache.position, cache.capacity)
+        else:
+            offset = cache.seq_len if cache is not None else 0
+            x = self._embed(tgt_in, self.tgt_embed, self.tgt_pos, offset=offset)
         # targets are right-padded, so under the causal mask no real token sees a pad key: no padding mask
         h, weights = self.decoder(
             x,
@@ -195,10 +212,18 @@ class Seq2SeqTransformer(nn.Module):
         )
         return self.logits(h), weights
 
-    def make_cache(self, capacity: int | None = None) -> Any:
+    def make_cache(self, capacity: int | None = None, *, static: bool = False) -> Any:
         """An empty decoder cache (one self- and one static cross-attention KV cache per layer);
-        ``capacity``: target positions to preallocate (the decoding length limit, bos included)."""
-        return self.decoder.make_cache(capacity)
+        ``capacity``: target positions to preallocate (the decoding length limit).
+
+        ``static=True``: a :class:`mha.StaticDecoderCache` of exactly ``capacity`` positions on the model's
+        device, for fixed-shape steps (one token each) that a CUDA graph can replay.
+        """
+        if not static:
+            return self.decoder.make_cache(capacity)
+        if capacity is None:
+            raise ValueError("a static cache needs its capacity (the decoding length limit)")
+        return mha.StaticDecoderCache(len(self.decoder.layers), capacity, device=self.tgt_embed.weight.device)
 
     def forward(self, src: Tensor, tgt_in: Tensor, *, src_has_padding: bool = True) -> Tensor:
         """Teacher-forced logits: src (batch, src_len), tgt_in (batch, tgt_len) -> (batch, tgt_len, vocab).

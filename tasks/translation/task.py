@@ -33,6 +33,7 @@ DEFAULT_DECODE: dict[str, Any] = {
     "max_len_b": 10,
     "val_sentences": 256,  # validation: greedy-decode only the first N val sentences per epoch (0: none)
     "use_cache": True,  # KV-cached incremental decoding (False recomputes the prefix: slow, for checks)
+    "static": None,  # fixed-shape steps, one CUDA graph replay each: None = on a GPU, False = eager steps
 }
 
 
@@ -143,6 +144,7 @@ class TranslationTask(Task):
             max_len_a=float(cfg["max_len_a"]),
             max_len_b=int(cfg["max_len_b"]),
             use_cache=bool(cfg["use_cache"]),
+            static=cfg["static"],
         )
         return decode(self._dm().tgt_tokenizer, ids)
 

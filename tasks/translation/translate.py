@@ -2,13 +2,16 @@
 
     python -m tasks.translation.translate ckpt=outputs/translation/<run>/checkpoints/best.ckpt "forty-two"
     python -m tasks.translation.translate ckpt=<path> --file sentences.txt [beam=5] [alpha=0.6] [greedy]
+    python -m tasks.translation.translate ckpt=<path> device=cuda static=false "forty-two"   # eager steps
 
 The tokenizer (``tokenizer.json``) and model settings (``translation.json``) are read from the run folder the
 checkpoint sits in (its folder, parent or grandparent). Options are ``key=value`` words: ``ckpt`` (required),
 ``beam`` (beam width; 1 = greedy), ``alpha`` (length-penalty exponent), ``lp`` (gnmt, length, none),
-``max_len_a`` / ``max_len_b``, ``device`` (cpu, cuda), ``batch`` (sentences per batch); ``--file PATH``
-reads one sentence a line (``-`` for standard input). Translations go to standard output, one a line: line i
-is the translation of input line i (a blank input line gives a blank line).
+``max_len_a`` / ``max_len_b``, ``device`` (cpu, cuda), ``batch`` (sentences per batch), ``static`` (true or
+false: fixed-shape decoding steps, each one CUDA graph replay on a GPU, the same hypotheses as the eager
+steps; default: on a GPU); ``--file PATH`` reads one sentence a line (``-`` for standard input). Translations
+go to standard output, one a line: line i is the translation of input line i (a blank input line gives a
+blank line).
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class Translator:
                 lp_style=str(cfg.get("lp_style", "gnmt")),
                 max_len_a=float(cfg.get("max_len_a", 1.5)),
                 max_len_b=int(cfg.get("max_len_b", 10)),
+                static=cfg.get("static"),
             )
             out += decode(self.tgt_tokenizer, hyps)
         return out
@@ -113,7 +117,7 @@ def _model_state(state: dict[str, Any], model: torch.nn.Module) -> dict[str, tor
 
 USAGE = __doc__ or ""
 #: the ``key=value`` options of the command line
-OPTIONS = ("ckpt", "beam", "alpha", "lp", "max_len_a", "max_len_b", "device", "batch", "run_dir")
+OPTIONS = ("ckpt", "beam", "alpha", "lp", "max_len_a", "max_len_b", "device", "batch", "run_dir", "static")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lp_style=opts.get("lp"),
         max_len_a=_number(opts, "max_len_a", float),
         max_len_b=_number(opts, "max_len_b", int),
+        static=_flag(opts, "static"),
     )
     translated = iter(hyps)
     for sentence in sentences:  # one output line per input line; a blank line stays blank
@@ -178,6 +183,16 @@ def _number(opts: dict[str, str], key: str, kind: type) -> Any:
     except ValueError:
         kind_name = "an integer" if kind is int else "a number"
         raise SystemExit(f"error: {key}={opts[key]!r} is not {kind_name}") from None
+
+
+def _flag(opts: dict[str, str], key: str) -> bool | None:
+    """``opts[key]`` as a bool (``None`` when absent); a bad value exits naming the option."""
+    if key not in opts:
+        return None
+    value = opts[key].lower()
+    if value not in ("true", "false"):
+        raise SystemExit(f"error: {key}={opts[key]!r} is not true or false")
+    return value == "true"
 
 
 def _read(path: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Model and decoding: cached == uncached, beam 1 == greedy, EOS stops, length limits (fast, CPU)."""
+"""Model and decoding: cached == uncached == static shapes (CUDA graphs on a GPU), beam 1 == greedy, EOS
+stops, length limits (fast, CPU; the graph test runs with ``pytest -m gpu``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import torch
 
 from tasks.translation.data import BOS_ID, EOS_ID, PAD_ID, decode, pad_batch
 from tasks.translation.model import Seq2SeqTransformer
-from tasks.translation.search import beam_search, greedy_search, length_penalty, max_lengths
+from tasks.translation.search import (
+    _STATIC_STEPS,
+    MAX_STATIC_STEPS,
+    beam_search,
+    greedy_search,
+    length_penalty,
+    max_lengths,
+)
 
 
 def _test_src(trained, n: int = 24) -> torch.Tensor:
@@ -216,3 +224,98 @@ def test_unpadded_fast_path_and_cached_positions_match_the_general_path():
     assert model.make_cache(capacity=2).self_attn[0].capacity_hint == 2
     out = beam_search(model, src, beam_size=3, max_len_a=0.0, max_len_b=7)  # no padding: unmasked steps
     assert out == beam_search(model, src, beam_size=3, max_len_a=0.0, max_len_b=7, use_cache=False)
+
+
+def _uncertain_model(positional: str = "sinusoidal") -> Seq2SeqTransformer:
+    """A random model with scaled-up decoder weights: varied tokens, beams that swap places, and EOS at
+    different steps in different sentences (so rows finish and leave the search at different times)."""
+    torch.manual_seed(1)
+    model = Seq2SeqTransformer(
+        64,
+        64,
+        embed_dim=32,
+        num_heads=4,
+        encoder_layers=1,
+        decoder_layers=2,
+        dropout=0.0,
+        positional=positional,
+        max_positions=64,
+    ).eval()
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(3.0)
+        model.output_bias[EOS_ID] = 2.0
+    return model
+
+
+def _padded_src(batch: int = 6, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, 64, (batch, 9), generator=g)
+    src[batch // 2, 4:] = PAD_ID
+    src[batch - 1, 2:] = PAD_ID
+    return src
+
+
+def _all_paths(model, src) -> list[list[list[int]]]:
+    """Greedy, then beam-4 hypotheses: each with static steps, the eager cache, the recomputed prefix."""
+    beam = {"beam_size": 4, "max_len_a": 1.0, "max_len_b": 5}
+    paths = ({"static": True}, {"static": False}, {"use_cache": False})
+    return [
+        search(model, src, **kw, **path)
+        for search, kw in ((greedy_search, {}), (beam_search, beam))
+        for path in paths
+    ]
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_static_steps_equal_the_eager_cache_and_the_recomputed_prefix(positional):
+    """The fixed-shape step (the function a GPU captures as a CUDA graph) run eagerly: the same hypotheses
+    as the eager cache and as recomputing the prefix, greedy and beam, on a padded source batch; a second
+    batch of the same shapes reuses the step (fresh cache, same results)."""
+    model = _uncertain_model(positional)
+    for seed in (0, 1):
+        static, eager, uncached, beam_static, beam_eager, beam_uncached = _all_paths(
+            model, _padded_src(seed=seed)
+        )
+        assert static == eager == uncached
+        assert beam_static == beam_eager == beam_uncached
+    assert len({len(h) for h in eager}) > 1 and len({len(h) for h in beam_eager}) > 1  # rows end apart
+    assert len(_STATIC_STEPS[model]) == 2  # one step for greedy, one for beam, reused by the second batch
+
+
+def test_static_steps_translate_like_the_eager_cache(trained):
+    src = _test_src(trained)
+    assert greedy_search(trained.model, src, static=True) == greedy_search(trained.model, src, static=False)
+    static = beam_search(trained.model, src, beam_size=3, static=True)
+    assert static == beam_search(trained.model, src, beam_size=3, static=False)
+
+
+def test_static_steps_are_kept_per_shape_bucket_and_bounded():
+    model = _uncertain_model()
+    for batch in range(2, 4 + MAX_STATIC_STEPS):
+        greedy_search(model, _padded_src(batch), static=True)
+    steps = _STATIC_STEPS[model]
+    assert len(steps) == MAX_STATIC_STEPS
+    assert [key[0] for key in steps] == list(range(4, 4 + MAX_STATIC_STEPS))  # the most recent batch sizes
+    assert all(key[1] == 32 for key in steps)  # source (9 tokens) and cache lengths rounded up to 32
+    with pytest.raises(ValueError, match="use_cache=True or static=False"):
+        greedy_search(model, _padded_src(), static=True, use_cache=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-autocast"])
+def test_cuda_graph_steps_equal_the_eager_cache(precision):
+    """On a GPU the default is static steps replayed as CUDA graphs: the same hypotheses as the eager cache,
+    greedy and beam, for a first batch (which captures) and a second one (which replays)."""
+    model = _uncertain_model().cuda()
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16-autocast"):
+        for seed in (0, 1):
+            src = _padded_src(seed=seed).cuda()
+            assert greedy_search(model, src) == greedy_search(model, src, static=False)
+            kw = {"beam_size": 4, "max_len_a": 1.0, "max_len_b": 5}
+            assert beam_search(model, src, **kw) == beam_search(model, src, static=False, **kw)
+    greedy, beam = _STATIC_STEPS[model].values()
+    assert len(greedy.graphs) == 1 and len(beam.graphs) == 2  # beams: one graph per front buffer
