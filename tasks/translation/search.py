@@ -343,12 +343,10 @@ def beam_search(
     while sents:
         n = len(sents)
         logp = steps.logprobs(tokens)  # (n * k, vocab)
-        # the 2k best of each beam, then of the k * 2k (two small top-ks: cheaper than one over k * vocab)
-        beam_logp, beam_tok = logp.topk(min(2 * k, logp.shape[-1]), dim=1)  # (n * k, m)
-        m = beam_logp.shape[-1]
-        cand = (scores.reshape(n * k, 1) + beam_logp).reshape(n, k * m)
-        top_scores, top_idx = cand.topk(min(2 * k, k * m), dim=1)  # (n, 2k), best first
-        top_beam, top_tok = top_idx // m, beam_tok.reshape(n, k * m).gather(1, top_idx)
+        vocab = logp.shape[-1]
+        cand = (scores.reshape(n * k, 1) + logp).reshape(n, k * vocab)
+        top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (n, 2k), best first
+        top_beam, top_tok = top_idx // vocab, top_idx % vocab
         step += 1
         is_eos = top_tok.eq(model.eos_id)
         eos_first_k = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
