@@ -144,12 +144,9 @@ def train(cfg: DictConfig, monitored: dict[str, Any] | None = None) -> dict[str,
     _quiet_lightning()
     run_dir = Path(cfg.paths.output_dir)
     name = HydraConfig.get().runtime.choices.task  # task=<name>: conf/task/<name>.yaml
+    state = None
     if cfg.ckpt_path is not None:  # before any work: a missing, unreadable or mismatched checkpoint
         state = load_checkpoint(cfg.ckpt_path, task=name)
-        check_checkpoint_matches(
-            state, name, OmegaConf.to_container(cfg.task.model, resolve=True), cfg.ckpt_path
-        )
-        del state
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -162,6 +159,9 @@ def train(cfg: DictConfig, monitored: dict[str, Any] | None = None) -> dict[str,
         resume_from=Path(cfg.ckpt_path) if cfg.ckpt_path is not None else None,
     )
     task = instantiate(cfg.task, _convert_="all", _partial_=True)(run=run)  # the class in task._target_
+    if state is not None:  # the model settings as the task records them (some come from task keys)
+        check_checkpoint_matches(state, name, task.model_cfg, cfg.ckpt_path)
+        del state
     datamodule = task.build_datamodule()
     model = task.build_model(datamodule)
     module = TaskModule(

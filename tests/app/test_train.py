@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.audio.test_audio_train import TINY_AUDIO
 from tests.conftest import REPO, TINY_TRANSLATION, TINY_VISION, run_train, train_command
+from tests.recommendation.conftest import TINY_RECOMMENDATION
+from tests.timeseries.conftest import TINY_TIMESERIES
 
 
 def _global_step(ckpt: Path) -> int:
@@ -166,6 +169,23 @@ _RESUME_RUNS = {
         "task.data.numbers.val_size=16",
         "task.data.numbers.test_size=32",
         "task.decode.val_sentences=16",
+        "task.model.dropout=0.1",
+    ],
+    "timeseries": [
+        *(a for a in TINY_TIMESERIES if not a.startswith(("trainer.max_steps", "trainer.val_check"))),
+        "trainer.limit_train_batches=4",  # 4 steps an epoch
+        "task.model.dropout=0.1",
+    ],
+    "recommendation": [
+        "task=recommendation",
+        *(a for a in TINY_RECOMMENDATION if not a.startswith(("trainer.max_", "trainer.val_check"))),
+        "trainer.limit_train_batches=3",  # 3 steps an epoch
+        "trainer.limit_val_batches=1",
+        "task.model.dropout=0.1",
+    ],
+    "audio": [
+        *(a for a in TINY_AUDIO if not a.startswith("trainer.max_steps")),
+        "trainer.limit_train_batches=2",  # 2 steps an epoch
         "task.model.dropout=0.1",
     ],
 }
