@@ -806,6 +806,7 @@ TRANSLATION = Schema(
         "task.decode.max_len_a": Float(0),
         "task.decode.max_len_b": Int(0),
         "task.decode.val_sentences": Int(0),
+        "task.decode.static": Flag(null=True),
         "task.decode.use_cache": Flag(),
     },
     rules=(

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from tasks.common import cli
 from tasks.common.checkpoint import load_checkpoint
 
 from .data import PAD_ID, decode, encode, find_run_dir, load_tokenizer, pad_batch
@@ -156,12 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("error: give the checkpoint as ckpt=<run>/checkpoints/best.ckpt")
     if not sentences:
         raise SystemExit("error: no sentences; pass them as arguments or with --file PATH")
-    translator = Translator(opts["ckpt"], opts.get("run_dir"), device=opts.get("device", "cpu"))
+    batch = _number(opts, "batch", int)
+    if batch is not None and batch < 1:
+        raise SystemExit(f"error: batch={batch} must be >= 1 (sentences per batch)")
+    dev = cli.device(opts.get("device", "cpu"))  # an unknown name or an absent GPU: one line
+    translator = Translator(opts["ckpt"], opts.get("run_dir"), device=str(dev))
     text = [s for s in sentences if s.strip()]
     hyps = translator(
         text,
         beam_size=_number(opts, "beam", int),
-        batch_size=_number(opts, "batch", int) or 64,
+        batch_size=batch or 64,
         alpha=_number(opts, "alpha", float),
         lp_style=opts.get("lp"),
         max_len_a=_number(opts, "max_len_a", float),
@@ -199,11 +204,15 @@ def _read(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise SystemExit(f"error: --file {path}: no such file")
-    return p.read_text(encoding="utf-8").splitlines()
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise SystemExit(
+            f"error: --file {path}: line {line} is not UTF-8 text; convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except (FileNotFoundError, ValueError) as err:  # a bad checkpoint or run folder: one line, no traceback
-        raise SystemExit(f"error: {err}") from None
+    raise SystemExit(cli.run_command(main))

@@ -187,7 +187,7 @@ def test_an_empty_input_file_is_no_sentences(ckpt: Path, tmp_path):
 
 
 def test_values_the_search_refuses_are_one_line_on_the_command_line(ckpt: Path):
-    """``lp=wu`` (the search raises): one ``error:`` line on standard error, exit status 1, no traceback."""
+    """``lp=wu`` (the search raises): one ``error:`` line on standard error, exit status 2 (as every command), no traceback."""
     proc = subprocess.run(
         [sys.executable, "-m", "tasks.translation.translate", f"ckpt={ckpt}", "forty-two", "lp=wu"],
         cwd=REPO,
@@ -195,21 +195,24 @@ def test_values_the_search_refuses_are_one_line_on_the_command_line(ckpt: Path):
         text=True,
         timeout=180,
     )
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == ""
     assert re.fullmatch(r"error: length penalty style 'wu'; pick one of gnmt, length, none\.\n", proc.stderr)
     with pytest.raises(ValueError, match=r"beam_size must be >= 1, got 0"):  # the same way out
         main([f"ckpt={ckpt}", "forty-two", "beam=0"])
 
 
-@pytest.mark.xfail(strict=True, reason="translate.py: a negative batch= ends in a StopIteration traceback")
 def test_a_negative_batch_is_refused(ckpt: Path):
     with pytest.raises(SystemExit, match="batch"):
         main([f"ckpt={ckpt}", "forty-two", "batch=-1"])
 
 
-@pytest.mark.xfail(
-    strict=True, reason="translate.py: an unknown or absent device= ends in a RuntimeError traceback"
-)
 def test_an_unavailable_device_is_refused(ckpt: Path):
     with pytest.raises((SystemExit, ValueError), match="device"):
         main([f"ckpt={ckpt}", "forty-two", "device=tpu"])
+
+
+def test_a_latin1_file_names_the_file_and_line(ckpt: Path, tmp_path: Path):
+    path = tmp_path / "in.txt"
+    path.write_bytes("forty-two\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(SystemExit, match=rf"--file {path}: line 2 is not UTF-8 text"):
+        main([f"ckpt={ckpt}", "--file", str(path)])
