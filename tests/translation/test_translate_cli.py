@@ -187,7 +187,7 @@ def test_an_empty_input_file_is_no_sentences(ckpt: Path, tmp_path):
 
 
 def test_values_the_search_refuses_are_one_line_on_the_command_line(ckpt: Path):
-    """``lp=wu`` (the search raises): one ``error:`` line on standard error, exit status 2 (as every command), no traceback."""
+    """``lp=wu`` (the search raises): one ``error:`` line on standard error, exit status 2, no traceback."""
     proc = subprocess.run(
         [sys.executable, "-m", "tasks.translation.translate", f"ckpt={ckpt}", "forty-two", "lp=wu"],
         cwd=REPO,
