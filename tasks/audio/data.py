@@ -38,9 +38,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from tasks.common.distributed import tensor_loader
+from tasks.common.distributed import ShardedLoaders
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
@@ -466,7 +466,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- data module
-class AudioDataModule(L.LightningDataModule):
+class AudioDataModule(ShardedLoaders, L.LightningDataModule):
     """Train / val / test loaders of in-memory int16 clips.
 
     Args:
@@ -568,24 +568,7 @@ class AudioDataModule(L.LightningDataModule):
         self.setup()
         return len(self.classes)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        """One loader; under DDP each process gets its shard (``tasks.common.distributed``)."""
+    def dataset(self, split: str) -> TensorClips:
+        """The clips of ``split`` as a dataset that stacks its own batches."""
         self.setup()
-        dataset = TensorClips(self.splits[split])
-        return tensor_loader(
-            dataset,
-            train=train,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            seed=self.seed,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return TensorClips(self.splits[split])

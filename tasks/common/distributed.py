@@ -100,3 +100,34 @@ def tensor_loader(
         collate_fn=keep_batch,
         persistent_workers=num_workers > 0,
     )
+
+
+class ShardedLoaders:
+    """The train / val / test loaders of a data module over in-memory datasets (:func:`tensor_loader`).
+
+    Mix in before ``LightningDataModule``; the module defines ``dataset(split)`` (``"train"``, ``"val"``,
+    ``"test"``) and the attributes ``batch_size``, ``eval_batch_size``, ``seed``, ``num_workers`` and
+    ``pin_memory``. Under DDP each process gets its shard.
+    """
+
+    def dataset(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return tensor_loader(
+            self.dataset(split),
+            train=train,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            seed=self.seed,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

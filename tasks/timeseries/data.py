@@ -30,9 +30,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from tasks.common.distributed import tensor_loader
+from tasks.common.distributed import ShardedLoaders
 
 #: the TMY3 channels used by the embedded default: measured / modelled hourly quantities that vary (the
 #: file's other columns are constant (albedo, AOD), flags and uncertainty codes, extraterrestrial values
@@ -232,7 +232,7 @@ class Windows(Dataset):
         return window[:, : self.lookback], window[:, self.lookback :]
 
 
-class TimeSeriesDataModule(L.LightningDataModule):
+class TimeSeriesDataModule(ShardedLoaders, L.LightningDataModule):
     """Train / val / test loaders of scaled windows (see the module docstring).
 
     Args:
@@ -332,24 +332,3 @@ class TimeSeriesDataModule(L.LightningDataModule):
         self.setup()
         start, end = self.row_ranges[split]
         return Windows(self.scaled[start:end], self.lookback, self.horizon)
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        """One loader; under DDP each process gets its shard (``tasks.common.distributed``)."""
-        dataset = self.dataset(split)
-        return tensor_loader(
-            dataset,
-            train=train,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            seed=self.seed,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

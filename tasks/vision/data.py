@@ -31,9 +31,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from tasks.common.distributed import tensor_loader
+from tasks.common.distributed import ShardedLoaders
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -304,7 +304,7 @@ def _read_cache(cache: Path) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------------------------- data module
-class VisionDataModule(L.LightningDataModule):
+class VisionDataModule(ShardedLoaders, L.LightningDataModule):
     """Train / val / test loaders of in-memory uint8 images.
 
     Args:
@@ -412,24 +412,7 @@ class VisionDataModule(L.LightningDataModule):
         x = self.splits["train"].images[:10000].float().div_(255)
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        """One loader; under DDP each process gets its shard (``tasks.common.distributed``)."""
+    def dataset(self, split: str) -> TensorImages:
+        """The images of ``split`` as a dataset that stacks its own batches."""
         self.setup()
-        dataset = TensorImages(self.splits[split])
-        return tensor_loader(
-            dataset,
-            train=train,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            seed=self.seed,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return TensorImages(self.splits[split])
