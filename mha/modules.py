@@ -270,6 +270,7 @@ class MultiHeadAttention(nn.Module):
             and isinstance(query, Tensor)
             and query.dim() == 3
             and query.shape[-1] == self.embed_dim
+            and query.dtype == self.out_proj.weight.dtype
             and (
                 key_padding_mask is None
                 or not is_causal
@@ -296,6 +297,14 @@ class MultiHeadAttention(nn.Module):
             return self.out_proj(out), None
         if not isinstance(query, Tensor):
             raise TypeError(f"query must be a Tensor, got {type(query).__name__}")
+        dtype = self.out_proj.weight.dtype
+        if not query.is_floating_point() or (
+            query.dtype != dtype and not torch.is_autocast_enabled(query.device.type)
+        ):
+            raise TypeError(
+                f"query has dtype {query.dtype} but the module's weights are {dtype}: cast the input "
+                f"(x.to({dtype})) or the module (.to(dtype)), or run under torch.autocast"
+            )
         static = cache is not None and cache.static
         is_self = key is None and not static or (key is query and (value is None or value is query))
         if value is None and key is not None:

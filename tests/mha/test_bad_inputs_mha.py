@@ -235,28 +235,21 @@ CASES = [
         ["Encoder input must be (batch, seq, 16)", "(2, 5, 8)"],
         id="encoder-input-width",
     ),
+    pytest.param(
+        lambda: _mha()(torch.ones(2, 5, 16, dtype=torch.long)),
+        TypeError,
+        ["query has dtype torch.int64", "torch.float32"],
+        id="integer-query",
+    ),
+    pytest.param(
+        lambda: _mha()(X.double()),
+        TypeError,
+        ["query has dtype torch.float64 but the module's weights are torch.float32"],
+        id="float64-query-float32-weights",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("call", "error", "fragments"), CASES)
 def test_bad_input_to_the_core_is_named(call, error, fragments):
     expect_error(call, error, *fragments)
-
-
-GAPS = [  # raw library errors today (mha/ is not changed here): the message names no argument
-    pytest.param(lambda: _mha()(torch.ones(2, 5, 16, dtype=torch.long)), id="integer-query"),
-    pytest.param(lambda: _mha()(X.double()), id="float64-query-float32-weights"),
-]
-
-
-@pytest.mark.parametrize("call", GAPS)
-@pytest.mark.xfail(raises=AssertionError, strict=True, reason="mha raises the library's own error (no name)")
-def test_known_gaps_of_the_core(call):
-    """Each raises a ``RuntimeError`` from inside torch instead of a ``TypeError`` / ``ValueError`` that
-    names the argument; strict: when mha learns to say it, these pass and must move into ``CASES``."""
-    try:
-        call()
-    except (TypeError, ValueError):
-        return
-    except RuntimeError as err:
-        raise AssertionError(f"raw error: {err}") from None
