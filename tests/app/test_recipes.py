@@ -224,7 +224,7 @@ def test_recipe_runs_on_a_tiny_stand_in(recipe: str, tmp_path: Path):
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One dataset cache for the session: CIFAR-10 is decoded once for both vision recipes."""
+    """One dataset cache for the whole test run: CIFAR-10 is decoded once for both vision recipes."""
     return tmp_path_factory.mktemp("recipe_cache")
 
 

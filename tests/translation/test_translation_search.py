@@ -184,9 +184,8 @@ def test_shared_model_ties_embeddings(trained):
     torch.testing.assert_close(model.logits(h), h @ model.tgt_embed.weight.T + model.output_bias)
 
 
-@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
-def test_cached_beam_equals_uncached_on_an_uncertain_model(positional):
-    """A random model spreads its probability, so beams swap places often: a wrong cache reorder shows."""
+def _random_model(positional: str = "sinusoidal") -> Seq2SeqTransformer:
+    """A small random encoder-decoder (seed 1), in eval mode."""
     torch.manual_seed(1)
     model = Seq2SeqTransformer(
         64,
@@ -199,6 +198,13 @@ def test_cached_beam_equals_uncached_on_an_uncertain_model(positional):
         positional=positional,
         max_positions=64,
     ).eval()
+    return model
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_cached_beam_equals_uncached_on_an_uncertain_model(positional):
+    """A random model spreads its probability, so beams swap places often: a wrong cache reorder shows."""
+    model = _random_model(positional)
     src = torch.randint(4, 64, (5, 7))
     src[3, 4:] = PAD_ID
     kwargs = {"beam_size": 4, "max_len_a": 1.0, "max_len_b": 5}
@@ -229,18 +235,7 @@ def test_unpadded_fast_path_and_cached_positions_match_the_general_path():
 def _uncertain_model(positional: str = "sinusoidal") -> Seq2SeqTransformer:
     """A random model with scaled-up decoder weights: varied tokens, beams that swap places, and EOS at
     different steps in different sentences (so rows finish and leave the search at different times)."""
-    torch.manual_seed(1)
-    model = Seq2SeqTransformer(
-        64,
-        64,
-        embed_dim=32,
-        num_heads=4,
-        encoder_layers=1,
-        decoder_layers=2,
-        dropout=0.0,
-        positional=positional,
-        max_positions=64,
-    ).eval()
+    model = _random_model(positional)
     with torch.no_grad():
         for p in model.decoder.parameters():
             p.mul_(3.0)
