@@ -14,22 +14,37 @@ Sources (``source=``):
   Google's recipe: the ten keywords, ``_unknown_`` (the other words, as many as ``unknown_percentage`` % of
   the keyword clips, per split) and ``_silence_`` (1 s windows of the background-noise files at a random
   volume, ``silence_percentage`` %).
+* ``speech_commands`` with ``speech_commands.hub`` (``root`` null): the same 12-label task from a Hugging Face
+  hub dataset through ``datasets``, written for ``google/speech_commands`` with ``hub_config=v0.02`` (columns
+  ``file``, ``audio``, ``label``: a ClassLabel of 35 words and ``_silence_``, ``is_unknown``,
+  ``speaker_id``). Its main revision is a loading script, which ``datasets`` >= 4 no longer runs: the hub's
+  parquet export of the config (revision ``refs/convert/parquet``, folder ``v0.02``) is loaded instead
+  (``hub_revision`` pins another revision and turns that fallback off). Rows map by label name: a keyword,
+  ``_unknown_`` (any other word), ``_silence_``. Train and validation are built as from the folder (their
+  ``_silence_`` rows are the long background-noise recordings: the noise bank); the hub's test split is
+  Google's separate test archive ``speech_commands_test_set_v0.02`` (4,890 clips with its own 1 s
+  ``_silence_`` and ``_unknown_`` clips), kept whole (no draws), so its numbers are not those of the
+  folder's ``testing_list.txt``. Audio is decoded from the rows' bytes with ``soundfile`` (no
+  ``torchcodec``). Online, or offline from a datasets cache that holds it; the decoded clips are cached as
+  for a folder, so a second run reads neither.
 
 Every clip is read with ``soundfile``, mixed to mono, resampled to ``sample_rate`` and cut to
 ``clip_seconds`` (the loudest window of a longer clip, centred zero-padding of a shorter one: the same rule
 :mod:`tasks.audio.predict` applies). Decoded data is cached as one ``.pt`` file under ``cache_dir``, keyed by
-the source, its files' count / size / modification times and the settings, and written atomically (a
-temporary file, then ``os.replace``). Batches leave the loader as ``(waves int16 (B, samples), labels int64
-(B,))``; features and augmentation are computed on the device
+the source (a folder's files' count / size / modification times; a hub set's name, config and revision) and
+the settings, and written atomically (a temporary file, then ``os.replace``). Batches leave the loader as
+``(waves int16 (B, samples), labels int64 (B,))``; features and augmentation are computed on the device
 (:meth:`tasks.audio.task.AudioTask.on_device_batch`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +56,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tasks.common.distributed import ShardedLoaders
+from tasks.common.hub import error_summary, hub_failure
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
@@ -66,7 +82,21 @@ SPEECH_COMMANDS_DEFAULTS: dict[str, Any] = {
     "words": list(KEYWORDS),  # the keywords (folder names); other words become _unknown_
     "unknown_percentage": 10.0,  # _unknown_ clips per split, as a percentage of its keyword clips
     "silence_percentage": 10.0,  # _silence_ clips per split, as a percentage of its keyword clips
+    "hub": None,  # a Hugging Face hub dataset instead of root, e.g. google/speech_commands
+    "hub_config": "v0.02",  # its config (null: the default one)
+    "hub_revision": None,  # its revision (null: main, or the parquet export when main is a loading script)
 }
+#: the settings that choose a hub dataset (not part of a folder's cache key)
+HUB_SETTINGS = ("hub", "hub_config", "hub_revision")
+SPEECH_COMMANDS_HUB = "google/speech_commands"  # the hub dataset the hub loader is written for (config v0.02)
+PARQUET_EXPORT = "refs/convert/parquet"  # the hub's automatic parquet conversion of a repository
+HUB_KEY = "task.data.speech_commands.hub"
+#: the local alternative that a failed hub load names
+HUB_LOCAL = (
+    "experiment=audio_speech_commands paths.data_dir=/path/to/data (reads speech_commands/ there: "
+    "<word>/*.wav, validation_list.txt, testing_list.txt), or task.data.root=/path/to/speech_commands"
+)
+HUB_SPLITS = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
 
 
 @dataclass
@@ -106,18 +136,27 @@ def read_wav(path: Path, expected_rate: int | None = None) -> tuple[np.ndarray, 
     Raises ``ValueError`` naming the file for an unreadable or empty file, or a rate other than
     ``expected_rate`` (the dataset's own rate).
     """
+    return read_audio(path, str(path), expected_rate)
+
+
+def read_audio(
+    source: Path | io.BytesIO, name: str, expected_rate: int | None = None, fix: str = "replace or delete it"
+) -> tuple[np.ndarray, int]:
+    """:func:`read_wav` of a file or of in-memory file bytes; errors name ``name`` and end with ``fix``."""
     import soundfile as sf
 
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(
+            str(source) if isinstance(source, Path) else source, dtype="float32", always_2d=True
+        )
     except Exception as err:  # soundfile.LibsndfileError, RuntimeError for odd headers
         why = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise ValueError(f"{path}: not a readable audio file ({why}); replace or delete it") from None
+        raise ValueError(f"{name}: not a readable audio file ({why}); {fix}") from None
     if data.shape[0] == 0:
-        raise ValueError(f"{path}: the file holds no samples; replace or delete it")
+        raise ValueError(f"{name}: the file holds no samples; {fix}")
     if expected_rate is not None and rate != expected_rate:
         raise ValueError(
-            f"{path}: sample rate {rate} Hz, but this dataset is {expected_rate} Hz; resample the file to "
+            f"{name}: sample rate {rate} Hz, but this dataset is {expected_rate} Hz; resample the file to "
             f"{expected_rate} Hz (e.g. sox in.wav -r {expected_rate} out.wav) or delete it"
         )
     return data.mean(axis=1), int(rate)
@@ -354,8 +393,7 @@ def speech_commands(
     splits = {}
     for split, parts in by_split.items():
         known = parts["known"]
-        n_unknown = min(len(parts["unknown"]), round(cfg["unknown_percentage"] / 100 * len(known)))
-        pick = torch.randperm(len(parts["unknown"]), generator=gen)[:n_unknown].sort().values.tolist()
+        pick = _draw_unknown(len(parts["unknown"]), len(known), cfg["unknown_percentage"], gen)
         rels = known + [parts["unknown"][i] for i in pick]
         waves = _read_many([root / r for r in rels], sample_rate, length, SPEECH_COMMANDS_RATE)
         labels = [words.index(r.split("/")[0]) if r.split("/")[0] in words else len(words) for r in rels]
@@ -367,12 +405,20 @@ def speech_commands(
             torch.tensor(labels + [len(words) + 1] * n_silence, dtype=torch.long),
             groups + [SILENCE] * n_silence,
         )
-    bank = (
-        to_int16(torch.cat([w[: len(w) // length * length].view(-1, length) for w in noise]))
-        if noise
-        else None
-    )
-    return {"splits": splits, "classes": classes, "noise": bank}
+    return {"splits": splits, "classes": classes, "noise": _noise_bank(noise, length)}
+
+
+def _draw_unknown(available: int, known: int, percentage: float, gen: torch.Generator) -> list[int]:
+    """Indices (sorted) of the ``_unknown_`` clips drawn from ``available``: ``percentage`` % of ``known``."""
+    count = min(available, round(percentage / 100 * known))
+    return torch.randperm(available, generator=gen)[:count].sort().values.tolist()
+
+
+def _noise_bank(noise: list[torch.Tensor], length: int) -> torch.Tensor | None:
+    """The background-noise recordings cut into int16 windows (M, length) for augmentation (None: none)."""
+    if not noise:
+        return None
+    return to_int16(torch.cat([w[: len(w) // length * length].view(-1, length) for w in noise]))
 
 
 def _noise_windows(
@@ -387,6 +433,187 @@ def _noise_windows(
         volume = float(torch.rand(1, generator=gen)) if random_volume else 1.0
         out[i] = w[start : start + length] * volume
     return out
+
+
+# --------------------------------------------------------------------------------------------- the hub
+def _load_hub(name: str, config: str | None, revision: str | None) -> Any:
+    """``datasets.load_dataset(name, config, revision=revision)``. A main revision that is a loading script
+    (``google/speech_commands``; ``datasets`` >= 4 runs none) is read from the hub's parquet export of the
+    config instead. Failures are one line (:func:`tasks.common.hub.hub_failure`)."""
+    try:
+        import datasets
+
+        return datasets.load_dataset(name, config, revision=revision)
+    except Exception as err:  # offline, unreachable, an unknown name or config: one line saying what to do
+        if (
+            revision is not None
+            or config is None
+            or "Dataset scripts are no longer supported" not in str(err)
+        ):
+            raise ValueError(hub_failure(HUB_KEY, name, err, HUB_LOCAL)) from err
+        script = err
+    try:
+        return datasets.load_dataset(name, data_dir=config, revision=PARQUET_EXPORT)
+    except Exception as err:
+        raise ValueError(
+            f"{HUB_KEY}={name} could not be loaded: its main revision is a loading script "
+            f"({error_summary(script)}), and its parquet export (revision {PARQUET_EXPORT}, folder {config}) "
+            f"failed too ({error_summary(err)}); set task.data.speech_commands.hub_revision to a revision "
+            f"that holds data files, or use a local copy: {HUB_LOCAL}"
+        ) from err
+
+
+def _hub_columns(features: Any, where: str) -> tuple[str, str, bool]:
+    """(audio column, label column, whether the audio is raw arrays) of a hub split's ``features``: an
+    ``Audio`` column (or ``{"array", "sampling_rate"}``) and a ``ClassLabel`` (``label`` if there is one)."""
+    audio = next((c for c, f in features.items() if type(f).__name__ == "Audio"), None)
+    raw = False
+    if audio is None:
+        audio = next(
+            (c for c, f in features.items() if isinstance(f, dict) and {"array", "sampling_rate"} <= set(f)),
+            None,
+        )
+        raw = audio is not None
+    labels = [c for c, f in features.items() if type(f).__name__ == "ClassLabel"]
+    label = "label" if "label" in labels else (labels[0] if labels else None)
+    if audio is None or label is None:
+        raise ValueError(
+            f"{where} has no audio + ClassLabel columns ({', '.join(features)}); expected those of "
+            f"{SPEECH_COMMANDS_HUB} (file, audio, label, is_unknown, speaker_id)"
+        )
+    return audio, label, raw
+
+
+def _hub_wave(item: dict[str, Any], raw: bool, name: str) -> tuple[np.ndarray, int]:
+    """One row's audio -> (float32 mono samples, rate): encoded file bytes (or a local path) read with
+    ``soundfile``, or a raw ``array`` with its ``sampling_rate``."""
+    fix = "the hub copy is damaged: delete it from the datasets cache and load it again, or use a local copy"
+    if raw:
+        wave = np.asarray(item["array"], dtype=np.float32)
+        wave = wave.mean(axis=0) if wave.ndim == 2 else wave  # (channels, n), as datasets decodes it
+        if wave.size == 0:
+            raise ValueError(f"{name}: the clip holds no samples; {fix}")
+        return wave, int(item["sampling_rate"])
+    if item.get("bytes"):
+        return read_audio(io.BytesIO(item["bytes"]), name, None, fix)
+    if item.get("path") and Path(item["path"]).is_file():
+        return read_audio(Path(item["path"]), name, None, fix)
+    raise ValueError(f"{name}: the row holds no audio bytes (path {item.get('path')!r}); {fix}")
+
+
+def _hub_waves(
+    split: Any, rows: list[int], column: str, raw: bool, names: list[str]
+) -> Iterator[list[tuple[np.ndarray, int]]]:
+    """The audio of ``rows`` of ``split``, 1,024 rows at a time, as (float32 samples, rate) pairs decoded in
+    threads (soundfile releases the GIL); ``names`` (one per row) go into error messages. The rows are read
+    as Arrow (the stored file bytes: ``datasets``' own decoding, which needs ``torchcodec``, is bypassed)."""
+    if not rows:
+        return
+    part = split.select(rows).select_columns([column]).with_format("arrow")
+    done = 0
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for table in part.iter(batch_size=1024):
+            items = table.column(column).to_pylist()
+            jobs = zip(items, names[done : done + len(items)], strict=True)
+            done += len(items)
+            yield list(pool.map(lambda job: _hub_wave(job[0], raw, job[1]), jobs))
+
+
+def _hub_clips(
+    split: Any, rows: list[int], column: str, raw: bool, names: list[str], sample_rate: int, length: int
+) -> torch.Tensor:
+    """The audio of ``rows`` as int16 (N, length) at ``sample_rate`` (:func:`fit_clip`), batch by batch."""
+    out = [torch.zeros(0, length, dtype=torch.int16)]
+    for batch in _hub_waves(split, rows, column, raw, names):
+        fitted = [fit_clip(resample(torch.from_numpy(w), rate, sample_rate), length) for w, rate in batch]
+        out.append(to_int16(torch.stack(fitted)))
+    return torch.cat(out)
+
+
+def speech_commands_hub(
+    name: str, sample_rate: int, length: int, seed: int, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Speech Commands from hub dataset ``name`` (``google/speech_commands``, config ``v0.02``) as the
+    12-label task of the folder loader (module docstring): the same classes, draws, noise bank and clips."""
+    cfg = _section("speech_commands", settings, SPEECH_COMMANDS_DEFAULTS)
+    config = cfg["hub_config"]
+    ds = _load_hub(name, config, cfg["hub_revision"])
+    where = f"hub dataset {name}" + (f" ({config})" if config else "")
+    found = {HUB_SPLITS[s]: s for s in reversed(list(ds)) if s in HUB_SPLITS}  # the first of val / validation
+    missing = [s for s in ("train", "val", "test") if s not in found]
+    if missing:
+        raise ValueError(
+            f"{where} has no {' / '.join(missing)} split (found {sorted(ds)}); it needs train, validation "
+            f"and test splits, as {SPEECH_COMMANDS_HUB} (config v0.02) has"
+        )
+    features = ds[found["train"]].features
+    audio, label, raw = _hub_columns(features, where)
+    names, words = list(features[label].names), list(cfg["words"])
+    absent = [w for w in words if w not in names]
+    if absent:
+        raise ValueError(
+            f"task.data.speech_commands.words: no class {absent} in {where} (its labels: {names[:12]}...); "
+            "fix the word list"
+        )
+    recordings: list[tuple[str, torch.Tensor]] = []  # (file, samples) of the background-noise rows
+    parts: dict[str, dict[str, Any]] = {}
+    for split in ("train", "val", "test"):
+        part = ds[found[split]]
+        if part.features.get(label) != features[label]:
+            raise ValueError(
+                f"{where}: the {found[split]} split's {label} classes differ from the train split's"
+            )
+        labels, cols, n = list(part[label]), part.column_names, len(part)
+        files = [f or "" for f in part["file"]] if "file" in cols else [f"row {i}" for i in range(n)]
+        speakers = list(part["speaker_id"]) if "speaker_id" in cols else [None] * n
+        bad = next((i for i, y in enumerate(labels) if y is None or y < 0), None)
+        if bad is not None:
+            raise ValueError(f"{where} ({found[split]}) {files[bad]} has no label; fix or drop the row")
+        kinds: dict[str, list[int]] = {"known": [], "unknown": [], "silence": []}
+        for i in sorted(range(n), key=lambda i: files[i]):  # the folder loader's order
+            word = names[labels[i]]
+            kinds["known" if word in words else "silence" if word == SILENCE else "unknown"].append(i)
+        # _silence_ rows: the long background-noise recordings (train, validation: the noise bank), or the
+        # test archive's ready 1 s silence clips
+        tags = [f"{where} ({found[split]}) {files[i]}" for i in kinds["silence"]]
+        ready = []
+        decoded = (w for batch in _hub_waves(part, kinds["silence"], audio, raw, tags) for w in batch)
+        for i, (wave, rate) in zip(kinds["silence"], decoded, strict=True):
+            if len(wave) > 2 * rate:
+                recordings.append((files[i], resample(torch.from_numpy(wave), rate, sample_rate)))
+            else:
+                ready.append(fit_clip(resample(torch.from_numpy(wave), rate, sample_rate), length))
+        groups = [s or Path(f).name.split("_nohash_")[0] for s, f in zip(speakers, files, strict=True)]
+        parts[split] = {"kinds": kinds, "labels": labels, "files": files, "groups": groups, "ready": ready}
+    noise = [w for _, w in sorted(recordings, key=lambda r: r[0])]  # by file name, as in the folder
+    drawn = [s for s, p in parts.items() if not p["ready"] and cfg["silence_percentage"] > 0]
+    if drawn and not noise:
+        raise ValueError(
+            f"{where} has no background-noise recordings (_silence_ rows longer than 2 s) for the _silence_ "
+            f"clips of {' / '.join(drawn)}; set task.data.speech_commands.silence_percentage=0"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    splits = {}
+    for split, p in parts.items():
+        known, unknown = p["kinds"]["known"], p["kinds"]["unknown"]
+        if p["ready"]:  # the test archive: its _unknown_ and _silence_ clips are drawn already, all are kept
+            pick, silence = unknown, to_int16(torch.stack(p["ready"]))
+        else:
+            pick = [
+                unknown[i] for i in _draw_unknown(len(unknown), len(known), cfg["unknown_percentage"], gen)
+            ]
+            n_silence = round(cfg["silence_percentage"] / 100 * len(known)) if noise else 0
+            silence = to_int16(_noise_windows(noise, n_silence, length, gen, random_volume=True))
+        chosen = known + pick
+        tags = [f"{where} ({found[split]}) {p['files'][i]}" for i in chosen]
+        waves = _hub_clips(ds[found[split]], chosen, audio, raw, tags, sample_rate, length)
+        targets = [words.index(names[p["labels"][i]]) for i in known] + [len(words)] * len(pick)
+        splits[split] = Clips(
+            torch.cat([waves, silence]),
+            torch.tensor(targets + [len(words) + 1] * len(silence), dtype=torch.long),
+            [p["groups"][i] for i in chosen] + [SILENCE] * len(silence),
+        )
+    return {"splits": splits, "classes": [*words, UNKNOWN, SILENCE], "noise": _noise_bank(noise, length)}
 
 
 def load_source(
@@ -409,9 +636,19 @@ def load_source(
         lib = Path(espeakng_loader.get_library_path())
         stamp = f"espeak|{lib.stat().st_size}|{sorted(settings.items())}"
         path = None
+    elif source == "speech_commands" and root is None and settings.get("hub") is not None:
+        hub = {k: settings.get(k, SPEECH_COMMANDS_DEFAULTS[k]) for k in HUB_SETTINGS}
+        core = {k: v for k, v in settings.items() if k not in HUB_SETTINGS}
+        stamp = f"{source}|hub:{hub['hub']}|{hub['hub_config']}|{hub['hub_revision']}|{sorted(core.items())}"
+        path = None
     else:
         if root is None:
-            raise ValueError(f"task.data.source={source} needs task.data.root=/path/to/the/folder")
+            fix = (
+                " or task.data.speech_commands.hub=google/speech_commands"
+                if source == "speech_commands"
+                else ""
+            )
+            raise ValueError(f"task.data.source={source} needs task.data.root=/path/to/the/folder{fix}")
         path = Path(root).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(
@@ -420,7 +657,8 @@ def load_source(
             )
         files = sorted(path.rglob("*.wav")) if source == "speech_commands" else sorted(path.glob("*.wav"))
         lists = [path / n for n in ("validation_list.txt", "testing_list.txt") if (path / n).is_file()]
-        stamp = f"{source}|{path.resolve()}|{_stamp(files + lists)}|{sorted(settings.items())}"
+        core = {k: v for k, v in settings.items() if k not in HUB_SETTINGS}  # the key of earlier versions
+        stamp = f"{source}|{path.resolve()}|{_stamp(files + lists)}|{sorted(core.items())}"
     stamp += f"|{sample_rate}|{length}|{seed}"
     cache = None
     if cache_dir is not None:
@@ -432,6 +670,8 @@ def load_source(
         data = espeak_keywords(sample_rate, length, seed, settings)
     elif source == "fsdd":
         data = fsdd(path, sample_rate, length, settings)
+    elif path is None:
+        data = speech_commands_hub(settings["hub"], sample_rate, length, seed, settings)
     else:
         data = speech_commands(path, sample_rate, length, seed, settings)
     if cache is not None:
@@ -471,7 +711,7 @@ class AudioDataModule(ShardedLoaders, L.LightningDataModule):
 
     Args:
         source: ``espeak`` (embedded), ``fsdd`` or ``speech_commands`` (module docstring).
-        root: the dataset folder (``fsdd``, ``speech_commands``).
+        root: the dataset folder (``fsdd``, ``speech_commands``; null with ``speech_commands.hub``).
         sample_rate: every clip is resampled to this rate (Hz).
         clip_seconds: clip length in seconds.
         batch_size: training batch size (per device under DDP).
@@ -519,6 +759,17 @@ class AudioDataModule(ShardedLoaders, L.LightningDataModule):
         }
         given = {"espeak": espeak, "fsdd": fsdd, "speech_commands": speech_commands}
         self.settings = _section(source, given[source], defaults[source])
+        hub = self.settings.get("hub")
+        if hub is not None and (not isinstance(hub, str) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", hub)):
+            raise ValueError(
+                f"task.data.speech_commands.hub={hub!r} is not a hub dataset name (owner/name); use e.g. "
+                f"{SPEECH_COMMANDS_HUB} (hub_config: v0.02), or null for task.data.root"
+            )
+        if hub is not None and root is not None:
+            raise ValueError(
+                f"task.data.root={root} and task.data.speech_commands.hub={hub} are both set: give one "
+                "source, the other null (task.data.root=null to load from the hub)"
+            )
         if source != "espeak" and root is not None and not Path(root).expanduser().is_dir():
             raise FileNotFoundError(
                 f"task.data.root={root} is not a folder (resolved to {Path(root).expanduser().resolve()}); "
@@ -554,9 +805,8 @@ class AudioDataModule(ShardedLoaders, L.LightningDataModule):
         splits = data["splits"]
         for name in ("train", "val", "test"):
             if len(splits[name]) == 0:
-                raise ValueError(
-                    f"the {name} split of {self.source} ({self.root}) is empty; check the settings"
-                )
+                where = self.root or f"hub:{self.settings['hub']}"
+                raise ValueError(f"the {name} split of {self.source} ({where}) is empty; check the settings")
         if self.train_limit is not None:
             tr = splits["train"]
             n = self.train_limit

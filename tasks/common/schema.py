@@ -831,8 +831,26 @@ AUDIO_ROOTS = {
     "fsdd": "the FSDD recordings folder (<digit>_<speaker>_<n>.wav), e.g. "
     "task.data.root=/path/to/data/fsdd/recordings",
     "speech_commands": "the unpacked Speech Commands folder (<word>/*.wav, validation_list.txt, "
-    "testing_list.txt), e.g. task.data.root=/path/to/data/speech_commands",
+    "testing_list.txt), e.g. task.data.root=/path/to/data/speech_commands; or task.data.root=null "
+    "task.data.speech_commands.hub=google/speech_commands",
 }
+AUDIO_HUB = "task.data.speech_commands.hub"
+
+
+def _audio_sources(get: Getter) -> str | None:
+    """speech_commands reads task.data.root or a hub dataset: one of them, not both."""
+    source, root, hub = get("task.data.source"), get("task.data.root"), get(AUDIO_HUB)
+    if source == "speech_commands" and root is not None and hub is not None:
+        return (
+            f"task.data.root={show(root)} and {AUDIO_HUB}={show(hub)} are both set: give one source, the "
+            "other null (task.data.root=null to load from the hub)"
+        )
+    if source == "speech_commands" and root is None and hub is None:
+        return (
+            "task.data.source='speech_commands' needs task.data.root=/path/to/speech_commands (the unpacked "
+            f"folder) or {AUDIO_HUB}=google/speech_commands (needs network or a datasets cache)"
+        )
+    return None
 
 
 def _audio_features(get: Getter) -> str | None:
@@ -895,6 +913,18 @@ AUDIO = Schema(
         "task.data.speech_commands.words": List(Text(), min_length=1, when=_source("speech_commands")),
         "task.data.speech_commands.unknown_percentage": Float(0, when=_source("speech_commands")),
         "task.data.speech_commands.silence_percentage": Float(0, when=_source("speech_commands")),
+        AUDIO_HUB: Text(
+            null=True,
+            pattern=r"[\w.-]+(/[\w.-]+)?",
+            form="a hub dataset name (owner/name), e.g. google/speech_commands",
+            when=_source("speech_commands"),
+        ),
+        "task.data.speech_commands.hub_config": Text(
+            null=True, when=_source("speech_commands") & given(AUDIO_HUB)
+        ),
+        "task.data.speech_commands.hub_revision": Text(
+            null=True, when=_source("speech_commands") & given(AUDIO_HUB)
+        ),
         "task.features.n_mels": Int(1),
         "task.features.win_ms": Float(0, low_open=True),
         "task.features.hop_ms": Float(0, low_open=True),
@@ -920,6 +950,7 @@ AUDIO = Schema(
         "task.model.drop_path": Rate(),
     },
     rules=(
+        _audio_sources,
         heads_divide("task.model.embed_dim", "task.model.num_heads"),
         _audio_features,
         ordered_pair("task.augment.snr_db"),

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tasks.common.distributed import ShardedLoaders
+from tasks.common.hub import hub_failure
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -202,7 +203,11 @@ def _read_hub(name: str, image_size: int | None, channels: int | None) -> dict[s
 
         ds = datasets.load_dataset(name)
     except Exception as err:  # offline, unreachable, an unknown name: one line saying what to do instead
-        raise ValueError(_hub_failure(name, err)) from err
+        local = (
+            "experiment=vision_cifar10 paths.data_dir=/path/to/data (reads cifar10-jpg.tar.gz there), or "
+            "task.data.root=/path/to/data/<ImageFolder folder or .tar.gz>"
+        )
+        raise ValueError(hub_failure("task.data.hub", name, err, local)) from err
     if "train" not in ds:
         raise ValueError(f"task.data.hub={name} has no train split (found {sorted(ds)}); pick another one")
     image_col = next((c for c, f in ds["train"].features.items() if type(f).__name__ == "Image"), None)
@@ -222,21 +227,6 @@ def _read_hub(name: str, image_size: int | None, channels: int | None) -> dict[s
             labels.append(row[label_col])
         splits[target] = Split(torch.stack(imgs), torch.tensor(labels, dtype=torch.long))
     return {"splits": splits, "classes": list(classes)}
-
-
-def _hub_failure(name: str, err: BaseException) -> str:
-    """The one-line message for hub dataset ``name`` that ``datasets`` could not load (``err``): offline
-    (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``) or without network it needs a cache that holds it; the
-    local alternative is an ImageFolder copy under ``paths.data_dir``."""
-    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
-    why = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
-    return (
-        f"task.data.hub={name} could not be loaded ({' and '.join(offline) + ' set; ' if offline else ''}"
-        f"{why}): the hub needs network access, or (with HF_HUB_OFFLINE=1) a datasets cache that already "
-        f"holds {name}; without either, drop task.data.hub and use a local copy: experiment=vision_cifar10 "
-        "paths.data_dir=/path/to/data (reads cifar10-jpg.tar.gz there), or "
-        "task.data.root=/path/to/data/<ImageFolder folder or .tar.gz>"
-    )
 
 
 def load_source(

@@ -1,5 +1,6 @@
 """Bad audio data for ``task=audio``: each case fails with one line naming the file (or
-``task.data.root``) and what was expected, writes no clip cache, and changes nothing on disk."""
+``task.data.root``, or the hub dataset and its row) and what was expected, writes no clip cache, and changes
+nothing on disk."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import soundfile as sf
 
 from tasks.audio.data import AudioDataModule
 from tests.app.test_bad_inputs import expect_error
-from tests.audio.conftest import write_fsdd, write_speech_commands
+from tests.audio.conftest import (
+    fake_load_dataset,
+    hub_dataset,
+    hub_from_folder,
+    write_fsdd,
+    write_speech_commands,
+)
 
 
 def _fsdd(d: Path) -> Path:
@@ -139,3 +146,105 @@ def test_a_root_that_is_a_file_is_named(tmp_path: Path):
         "fsdd.zip is not a folder",
         watch=[tmp_path],
     )
+
+
+# ------------------------------------------------------------------------------------- a bad hub dataset
+def _hub_rows(d: Path) -> dict[str, list[dict]]:
+    return hub_from_folder(write_speech_commands(d / "speech_commands"))
+
+
+def hub_damaged_row(d: Path):
+    rows = _hub_rows(d)
+    rows["validation"][5]["audio"]["bytes"] = b"RIFF....WAVEfmt garbage"  # no/s2_nohash_1.wav
+    return hub_dataset(rows), {}
+
+
+def hub_empty_clip(d: Path):
+    rows = _hub_rows(d)
+    rows["train"][-1]["audio"] = {"bytes": None, "path": "yes/s1_nohash_1.wav"}  # neither bytes nor a file
+    return hub_dataset(rows), {}
+
+
+def hub_no_test_split(d: Path):
+    rows = _hub_rows(d)
+    del rows["test"]
+    return hub_dataset(rows), {}
+
+
+def hub_word_not_a_class(d: Path):
+    return hub_dataset(_hub_rows(d)), {"words": ["yes", "sheila", "alexa"]}
+
+
+def hub_no_noise(d: Path):
+    rows = _hub_rows(d)
+    rows["train"] = [r for r in rows["train"] if not r["file"].startswith("_background_noise_")]
+    return hub_dataset(rows), {}
+
+
+def hub_no_label_column(d: Path):
+    return hub_dataset(_hub_rows(d)).remove_columns("label"), {}
+
+
+def hub_unlabelled_row(d: Path):
+    rows = _hub_rows(d)
+    rows["test"][2]["label"] = -1
+    return hub_dataset(rows), {}
+
+
+HUB_CASES = [
+    pytest.param(
+        hub_damaged_row,
+        [
+            "hub dataset google/speech_commands (v0.02) (validation) no/s2_nohash_1.wav: not a readable",
+            "delete it from the datasets cache",
+        ],
+        id="hub-damaged-row",
+    ),
+    pytest.param(
+        hub_empty_clip,
+        ["(train) yes/s1_nohash_1.wav: the row holds no audio bytes"],
+        id="hub-row-without-audio",
+    ),
+    pytest.param(
+        hub_no_test_split,
+        ["hub dataset google/speech_commands (v0.02) has no test split (found ['train', 'validation'])"],
+        id="hub-no-test-split",
+    ),
+    pytest.param(
+        hub_word_not_a_class,
+        ["task.data.speech_commands.words: no class ['alexa'] in hub dataset google/speech_commands (v0.02)"],
+        id="hub-word-not-a-class",
+    ),
+    pytest.param(
+        hub_no_noise,
+        ["has no background-noise recordings", "task.data.speech_commands.silence_percentage=0"],
+        id="hub-no-noise",
+    ),
+    pytest.param(
+        hub_no_label_column,
+        ["has no audio + ClassLabel columns (file, audio, is_unknown, speaker_id, utterance_id)"],
+        id="hub-no-label-column",
+    ),
+    pytest.param(
+        hub_unlabelled_row,
+        ["(test) dog/s3_nohash_0.wav has no label; fix or drop the row"],
+        id="hub-unlabelled-row",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "fragments"), HUB_CASES)
+def test_a_bad_hub_dataset_is_named(tmp_path: Path, monkeypatch, make, fragments):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    data.mkdir()
+    hub, words = make(data)
+    fake_load_dataset(monkeypatch, hub)
+    dm = AudioDataModule(
+        source="speech_commands",
+        sample_rate=16000,
+        batch_size=4,
+        cache_dir=str(cache),
+        speech_commands={"words": words.get("words", ["yes", "no"]), "hub": "google/speech_commands"},
+    )
+    expect_error(dm.setup, ValueError, *fragments, watch=[data])
+    assert not cache.exists(), "a failed read wrote a cache"
