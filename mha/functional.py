@@ -1,12 +1,8 @@
 """``mha.attention``: the one functional entry every module calls, a thin layer over
-``F.scaled_dot_product_attention``.
+``F.scaled_dot_product_attention`` (what it adds to SDPA: see ``attention`` and ``mha/README.md``).
 
 Tensors are ``(batch, heads, seq, head_dim)``; masks follow SDPA (bool ``True`` = may attend, float = added
-to the scores).  What this layer adds to SDPA: causal masking aligned bottom-right when ``q_len != k_len``
-(and combined with a mask), zeros instead of NaN for query rows with every key masked, grouped-query heads
-on every path, the weights on request (an eager path), FlexAttention for ``score_mod``/``block_mask``, and
-``backend=`` / ``force_backend`` to pin a kernel.  Which SDPA kernel runs is SDPA's own choice unless pinned:
-in torch 2.11 it launched the kernel we would have picked at every row of ``bench/attention.py``.
+to the scores).  Which SDPA kernel runs is SDPA's own choice unless pinned by ``backend=``/``force_backend``.
 """
 
 from __future__ import annotations
@@ -25,8 +21,7 @@ from .masks import _check_broadcast, _check_mask_dtype, and_masks, causal_mask
 
 __all__ = ["attention", "last_backend", "force_backend", "BACKENDS"]
 
-#: ``"auto"``: eager when weights are requested, Flex for ``score_mod``/``block_mask``, else SDPA's own
-#: choice (``"sdpa"``).  ``"cudnn"``, ``"flash"``, ``"efficient"``, ``"math"`` pin one SDPA kernel.
+#: the values of ``backend=`` (see ``attention``)
 BACKENDS = ("auto", "sdpa", "cudnn", "flash", "efficient", "math", "flex", "eager")
 _SDPA_KERNELS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -104,32 +99,53 @@ def attention(
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights
         ``(batch, heads, q_len, k_len)``.  A query row with every key masked gives zeros (and zero weights).
     """
-    _check_inputs(q, k, v, mask=mask, backend=backend, dropout_p=dropout_p, return_weights=return_weights)
-    flex = score_mod is not None or block_mask is not None
-    if flex and backend not in ("auto", "flex", "eager"):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    qs, ks, vs = q.shape, k.shape, v.shape  # (each .shape builds a new object: read once)
+    for name, shape in (("q", qs), ("k", ks), ("v", vs)):
+        if len(shape) != 4:
+            raise ValueError(
+                f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(shape)}; "
+                "for (batch, seq, embed) inputs use mha.MultiHeadAttention"
+            )
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise TypeError(
+            f"q, k and v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them, e.g. "
+            "k.to(q.dtype)"
+        )
+    if not (qs[0] == ks[0] == vs[0]):
+        raise ValueError(f"batch sizes differ: q {qs[0]}, k {ks[0]}, v {vs[0]}")
+    if ks[1] != vs[1] or ks[2] != vs[2]:
+        raise ValueError(f"k and v must share (kv_heads, k_len): k {tuple(ks)} vs v {tuple(vs)}")
+    if qs[1] % ks[1] != 0:
+        raise ValueError(f"query heads ({qs[1]}) must be a multiple of key/value heads ({ks[1]})")
+    if qs[3] != ks[3]:
+        raise ValueError(f"q and k head_dim differ: {qs[3]} vs {ks[3]}")
+    if mask is not None:
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a Tensor or None, got {type(mask).__name__}")
+        _check_mask_dtype(mask, "mask")
+        _check_broadcast(mask, (qs[0], qs[1], qs[2], ks[2]), "mask")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if return_weights and backend not in ("auto", "eager"):
+        raise ValueError(f"return_weights=True needs backend 'auto' or 'eager', got {backend!r}")
+    if backend == "flex" and dropout_p > 0.0:
+        raise ValueError("FlexAttention has no dropout: use dropout_p=0 or backend='eager'")
+    if (score_mod is not None or block_mask is not None) and backend not in ("auto", "flex", "eager"):
         raise ValueError(f"score_mod/block_mask need backend 'auto', 'flex' or 'eager', got {backend!r}")
     if is_causal and block_mask is not None:
         raise ValueError("is_causal=True with a block_mask: put causality into the block_mask's mask_mod")
-    return _attend(
-        q,
-        k,
-        v,
-        mask=mask,
-        is_causal=is_causal,
-        scale=scale,
-        dropout_p=dropout_p,
-        score_mod=score_mod,
-        block_mask=block_mask,
-        backend=backend,
-        return_weights=return_weights,
-    )
+    return _attend(q, k, v, mask, is_causal, scale, dropout_p, score_mod, block_mask, backend, return_weights)
 
 
 def _attend(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    *,
     mask: Tensor | None = None,
     is_causal: bool = False,
     scale: float | None = None,
@@ -176,21 +192,9 @@ def _attend(
 
     weights = None
     if backend == "eager":
-        out, weights = _eager(
-            q,
-            k,
-            v,
-            mask=mask,
-            is_causal=is_causal,
-            scale=scale,
-            dropout_p=dropout_p,
-            score_mod=score_mod,
-            block_mask=block_mask,
-        )
+        out, weights = _eager(q, k, v, mask, is_causal, scale, dropout_p, score_mod, block_mask)
     elif backend == "flex":
-        out = _flex(
-            q, k, v, mask=mask, is_causal=is_causal, scale=scale, score_mod=score_mod, block_mask=block_mask
-        )
+        out = _flex(q, k, v, mask, is_causal, scale, score_mod, block_mask)
     else:
         if gqa and backend in ("cudnn", "efficient"):  # these kernels take no enable_gqa: repeat k/v heads
             groups = q.shape[1] // k.shape[1]
@@ -229,54 +233,6 @@ def _auto_backend(q: Tensor, k: Tensor, v: Tensor, *, dropout_p: float, flex: bo
     return "flex"
 
 
-def _check_inputs(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | None,
-    backend: str,
-    dropout_p: float,
-    return_weights: bool,
-) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    qs, ks, vs = q.shape, k.shape, v.shape  # (each .shape builds a new object: read once)
-    for name, shape in (("q", qs), ("k", ks), ("v", vs)):
-        if len(shape) != 4:
-            raise ValueError(
-                f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(shape)}; "
-                "for (batch, seq, embed) inputs use mha.MultiHeadAttention"
-            )
-    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
-        raise TypeError(
-            f"q, k and v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them, e.g. "
-            "k.to(q.dtype)"
-        )
-    if not (qs[0] == ks[0] == vs[0]):
-        raise ValueError(f"batch sizes differ: q {qs[0]}, k {ks[0]}, v {vs[0]}")
-    if ks[1] != vs[1] or ks[2] != vs[2]:
-        raise ValueError(f"k and v must share (kv_heads, k_len): k {tuple(ks)} vs v {tuple(vs)}")
-    if qs[1] % ks[1] != 0:
-        raise ValueError(f"query heads ({qs[1]}) must be a multiple of key/value heads ({ks[1]})")
-    if qs[3] != ks[3]:
-        raise ValueError(f"q and k head_dim differ: {qs[3]} vs {ks[3]}")
-    if mask is not None:
-        if not isinstance(mask, Tensor):
-            raise TypeError(f"mask must be a Tensor or None, got {type(mask).__name__}")
-        _check_mask_dtype(mask, "mask")
-        _check_broadcast(mask, (qs[0], qs[1], qs[2], ks[2]), "mask")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if return_weights and backend not in ("auto", "eager"):
-        raise ValueError(f"return_weights=True needs backend 'auto' or 'eager', got {backend!r}")
-    if backend == "flex" and dropout_p > 0.0:
-        raise ValueError("FlexAttention has no dropout: use dropout_p=0 or backend='eager'")
-
-
 def _expand_kv(x: Tensor, groups: int) -> Tensor:
     """``(B, Hkv, L, D) -> (B, Hkv * groups, L, D)``, each kv head repeated for its query-head group."""
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
@@ -286,7 +242,6 @@ def _eager(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    *,
     mask: Tensor | None,
     is_causal: bool,
     scale: float | None,
@@ -336,7 +291,6 @@ def _flex(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    *,
     mask: Tensor | None,
     is_causal: bool,
     scale: float | None,
