@@ -144,7 +144,18 @@ class KVCache:
         return f"KVCache(static={self.static}, seq_len={self.seq_len})"
 
 
-class DecoderCache:
+class _LayerCaches:
+    """What both decoder caches share: lists ``self_attn`` and ``cross_attn`` of per-layer caches."""
+
+    def __len__(self) -> int:
+        return len(self.self_attn)
+
+    def layer(self, i: int) -> tuple:
+        """``(self-attention cache, cross-attention cache)`` of layer ``i``."""
+        return self.self_attn[i], self.cross_attn[i]
+
+
+class DecoderCache(_LayerCaches):
     """Per-layer caches of a ``Decoder``: one self-attention ``KVCache`` and one static cross-attention cache.
 
     ``seq_len`` is the number of target tokens decoded so far (use it as the offset of absolute positions).
@@ -159,13 +170,6 @@ class DecoderCache:
         for i, cache in enumerate(self.self_attn):
             cache._pool, cache._slot = self, i
         self.cross_attn = [KVCache(static=True) for _ in range(num_layers)]
-
-    def __len__(self) -> int:
-        return len(self.self_attn)
-
-    def layer(self, i: int) -> tuple[KVCache, KVCache]:
-        """``(self-attention cache, cross-attention cache)`` of layer ``i``."""
-        return self.self_attn[i], self.cross_attn[i]
 
     @property
     def seq_len(self) -> int:
@@ -212,7 +216,7 @@ class DecoderCache:
         return f"DecoderCache(num_layers={len(self)}, seq_len={self.seq_len})"
 
 
-class StaticDecoderCache:
+class StaticDecoderCache(_LayerCaches):
     """Fixed-shape caches of a ``Decoder`` for CUDA graphs: no tensor changes shape or address between steps.
 
     The self-attention keys/values of all layers live in one ``(batch, layers, 2, kv_heads, capacity,
@@ -244,17 +248,10 @@ class StaticDecoderCache:
         self.self_attn = [_StaticSelfCache(self, i) for i in range(num_layers)]
         self.cross_attn = [_StaticMemoryCache() for _ in range(num_layers)]
 
-    def __len__(self) -> int:
-        return len(self.self_attn)
-
     @property
     def buffer(self) -> Tensor | None:
         """The self-attention keys/values ``(batch, layers, 2, kv_heads, capacity, head_dim)``."""
         return self._buffers[self.front] if self._buffers else None
-
-    def layer(self, i: int) -> tuple[_StaticSelfCache, _StaticMemoryCache]:
-        """``(self-attention cache, cross-attention cache)`` of layer ``i``."""
-        return self.self_attn[i], self.cross_attn[i]
 
     def _write(self, slot: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store layer ``slot``'s new keys/values ``(batch, kv_heads, 1, head_dim)`` at ``position``."""
