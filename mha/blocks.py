@@ -1,14 +1,12 @@
-"""Transformer blocks built on ``MultiHeadAttention``: MLP, DropPath, EncoderLayer/DecoderLayer,
-Encoder/Decoder.
-
-Pre-norm by default (``norm_first=True``), post-norm as an option; weights load from
-``nn.TransformerEncoderLayer``
-/ ``nn.TransformerDecoderLayer`` (``from_torch`` / ``load_torch_state_dict``) and timm ViT ``Block``s.
+"""Transformer blocks built on ``MultiHeadAttention``: MLP, DropPath, LayerScale, EncoderLayer/DecoderLayer,
+Encoder/Decoder.  Pre-norm by default, post-norm as an option; weights load from PyTorch's
+``nn.Transformer*`` layers and stacks (``from_torch`` / ``load_torch_state_dict``) and timm ViT ``Block``s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +14,7 @@ from torch import Tensor, nn
 
 from .cache import DecoderCache, KVCache
 from .masks import key_padding_to_sdpa
-from .modules import MultiHeadAttention
+from .modules import MultiHeadAttention, _rename, load_timm_attention
 
 __all__ = ["MLP", "DropPath", "LayerScale", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder"]
 
@@ -103,31 +101,13 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-def _residual_branch(layer: nn.Module, out: Tensor, scale: nn.Module) -> Tensor:
-    """``drop_path(scale(dropout(out)))``, calling only the modules that do something (eager overhead)."""
-    if layer.training and layer.dropout.p > 0.0:
-        out = layer.dropout(out)
-    if not isinstance(scale, nn.Identity):
-        out = scale(out)
-    if layer.training and layer.drop_path.p > 0.0:
-        out = layer.drop_path(out)
-    return out
-
-
-def _residual_branch_mlp(layer: nn.Module, out: Tensor, scale: nn.Module) -> Tensor:
-    """``drop_path(scale(out))`` (the MLP applies its own dropout)."""
-    if not isinstance(scale, nn.Identity):
-        out = scale(out)
-    if layer.training and layer.drop_path.p > 0.0:
-        out = layer.drop_path(out)
-    return out
-
-
 class _Layer(nn.Module):
     """The keyword set ``EncoderLayer`` and ``DecoderLayer`` share (documented on ``EncoderLayer``), and the
     parts they build from it: self-attention, norms, MLP, dropout, LayerScales, DropPath."""
 
     _cross_attention = False  # DecoderLayer: a cross-attention and a third norm / LayerScale
+    _torch_type: type[nn.Module]  # the PyTorch layer it loads from, and that layer's key prefixes
+    _torch_keys = {"linear1.": "mlp.fc1.", "linear2.": "mlp.fc2."}
 
     def __init__(
         self,
@@ -148,18 +128,11 @@ class _Layer(nn.Module):
         layer_scale: float | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
         for name, p in (("dropout", dropout), ("attn_dropout", attn_dropout), ("drop_path", drop_path)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
         self.norm_first = norm_first
-        attn_kwargs = {
-            "num_kv_heads": num_kv_heads,
-            "bias": bias,
-            "dropout": attn_dropout,
-            "qk_norm": qk_norm,
-        }
+        attn_kwargs = dict(num_kv_heads=num_kv_heads, bias=bias, dropout=attn_dropout, qk_norm=qk_norm)
         self.self_attn = MultiHeadAttention(embed_dim, num_heads, positional=positional, **attn_kwargs)
         if self._cross_attention:
             self.cross_attn = MultiHeadAttention(embed_dim, num_heads, **attn_kwargs)
@@ -172,6 +145,41 @@ class _Layer(nn.Module):
             scale = LayerScale(embed_dim, layer_scale) if layer_scale is not None else nn.Identity()
             setattr(self, f"ls{i}", scale)
         self.drop_path = DropPath(drop_path)
+
+    # The residual sums call only the modules that do something (eager overhead).
+    def _add_attention(self, x: Tensor, out: Tensor, norm: nn.Module, scale: nn.Module) -> Tensor:
+        """``x + drop_path(scale(dropout(out)))``, then ``norm`` when post-norm."""
+        if self.training and self.dropout.p > 0.0:
+            out = self.dropout(out)
+        if not isinstance(scale, nn.Identity):
+            out = scale(out)
+        if self.training and self.drop_path.p > 0.0:
+            out = self.drop_path(out)
+        return x + out if self.norm_first else norm(x + out)
+
+    def _add_mlp(self, x: Tensor, norm: nn.Module, scale: nn.Module) -> Tensor:
+        """``x + drop_path(scale(mlp(norm(x))))``; post-norm ``norm(x + drop_path(scale(mlp(x))))``."""
+        out = self.mlp(norm(x) if self.norm_first else x)  # (the MLP applies its own dropout)
+        if not isinstance(scale, nn.Identity):
+            out = scale(out)
+        if self.training and self.drop_path.p > 0.0:
+            out = self.drop_path(out)
+        return x + out if self.norm_first else norm(x + out)
+
+    @classmethod
+    def from_torch(cls, layer: nn.Module) -> Self:
+        """Equivalent layer (same outputs) from an ``nn.TransformerEncoderLayer`` (for ``EncoderLayer``) or an
+        ``nn.TransformerDecoderLayer`` (for ``DecoderLayer``), ``batch_first`` either way."""
+        if not isinstance(layer, cls._torch_type):
+            raise TypeError(f"expected nn.{cls._torch_type.__name__}, got {type(layer).__name__}")
+        new = cls(**_torch_layer_kwargs(layer))
+        new.load_torch_state_dict(layer.state_dict())
+        ref = layer.linear1.weight
+        return new.to(device=ref.device, dtype=ref.dtype).train(layer.training)
+
+    def load_torch_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Load an ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer`` state dict (strict)."""
+        self.load_state_dict(_rename(state_dict, self._torch_keys))
 
 
 class EncoderLayer(_Layer):
@@ -191,6 +199,8 @@ class EncoderLayer(_Layer):
         positional: passed to ``MultiHeadAttention`` (``positional``: self-attention only).  layer_scale:
         initial LayerScale value (``None`` = off).
     """
+
+    _torch_type = nn.TransformerEncoderLayer
 
     def forward(
         self,
@@ -217,35 +227,12 @@ class EncoderLayer(_Layer):
             average_attn_weights=False,
             sdpa_mask=sdpa_mask,
         )
-        out = _residual_branch(self, out, self.ls1)
-        if self.norm_first:
-            x = x + out
-            x = x + _residual_branch_mlp(self, self.mlp(self.norm2(x)), self.ls2)
-        else:
-            x = self.norm1(x + out)
-            x = self.norm2(x + _residual_branch_mlp(self, self.mlp(x), self.ls2))
-        return x, weights
-
-    @classmethod
-    def from_torch(cls, layer: nn.TransformerEncoderLayer) -> EncoderLayer:
-        """Equivalent layer (same outputs) from an ``nn.TransformerEncoderLayer`` (``batch_first`` either
-        way)."""
-        if not isinstance(layer, nn.TransformerEncoderLayer):
-            raise TypeError(f"expected nn.TransformerEncoderLayer, got {type(layer).__name__}")
-        new = cls(**_torch_layer_kwargs(layer))
-        new.load_torch_state_dict(layer.state_dict())
-        ref = layer.linear1.weight
-        return new.to(device=ref.device, dtype=ref.dtype).train(layer.training)
-
-    def load_torch_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
-        """Load an ``nn.TransformerEncoderLayer`` state dict (strict)."""
-        self.load_state_dict(_rename(state_dict, _TORCH_LAYER_KEYS))
+        x = self._add_attention(x, out, self.norm1, self.ls1)
+        return self._add_mlp(x, self.norm2, self.ls2), weights
 
     @classmethod
     def from_timm_block(cls, block: nn.Module) -> EncoderLayer:
         """Equivalent pre-norm layer from a timm ViT ``Block`` (norm1, attn, ls1, norm2, mlp, ls2)."""
-        from .modules import load_timm_attention
-
         attn = load_timm_attention(block.attn)
         norm1, fc1 = block.norm1, block.mlp.fc1
         if not isinstance(norm1, nn.LayerNorm) or not isinstance(
@@ -272,7 +259,6 @@ class EncoderLayer(_Layer):
         )
         new.self_attn = attn
         state = {k: v for k, v in block.state_dict().items() if not k.startswith("attn.")}
-        state = _rename(state, {"mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2."})
         state.update({"self_attn." + k: v for k, v in attn.state_dict().items()})
         new.load_state_dict(state)
         return new.to(device=fc1.weight.device, dtype=fc1.weight.dtype).train(block.training)
@@ -283,10 +269,13 @@ class DecoderLayer(_Layer):
 
     Pre-norm: ``x += sa(norm1(x))``, ``x += ca(norm2(x), memory)``, ``x += mlp(norm3(x))``; post-norm puts
     each norm after its residual sum (``nn.TransformerDecoderLayer``).  ``positional`` applies to
-    self-attention only.
+    self-attention only.  ``nn.TransformerDecoderLayer`` is not causal unless given ``tgt_mask``/
+    ``tgt_is_causal``: pass ``tgt_is_causal`` explicitly to both when comparing them.
     """
 
     _cross_attention = True
+    _torch_type = nn.TransformerDecoderLayer
+    _torch_keys = {**_Layer._torch_keys, "multihead_attn.": "cross_attn."}
 
     def forward(
         self,
@@ -322,8 +311,7 @@ class DecoderLayer(_Layer):
             cache=self_cache,
             positions=positions,
         )
-        out = _residual_branch(self, out, self.ls1)
-        x = x + out if pre else self.norm1(x + out)
+        x = self._add_attention(x, out, self.norm1, self.ls1)
         out, weights = self.cross_attn(
             self.norm2(x) if pre else x,
             memory,
@@ -335,46 +323,8 @@ class DecoderLayer(_Layer):
             average_attn_weights=False,
             sdpa_mask=memory_sdpa_mask,
         )
-        out = _residual_branch(self, out, self.ls2)
-        if pre:
-            x = x + out
-            x = x + _residual_branch_mlp(self, self.mlp(self.norm3(x)), self.ls3)
-        else:
-            x = self.norm2(x + out)
-            x = self.norm3(x + _residual_branch_mlp(self, self.mlp(x), self.ls3))
-        return x, weights
-
-    @classmethod
-    def from_torch(cls, layer: nn.TransformerDecoderLayer) -> DecoderLayer:
-        """Equivalent layer (same outputs) from an ``nn.TransformerDecoderLayer``.
-
-        Note ``nn.TransformerDecoderLayer`` is not causal unless given ``tgt_mask``/``tgt_is_causal``; pass
-        ``tgt_is_causal`` explicitly to both when comparing.
-        """
-        if not isinstance(layer, nn.TransformerDecoderLayer):
-            raise TypeError(f"expected nn.TransformerDecoderLayer, got {type(layer).__name__}")
-        new = cls(**_torch_layer_kwargs(layer))
-        new.load_torch_state_dict(layer.state_dict())
-        ref = layer.linear1.weight
-        return new.to(device=ref.device, dtype=ref.dtype).train(layer.training)
-
-    def load_torch_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
-        """Load an ``nn.TransformerDecoderLayer`` state dict (strict)."""
-        self.load_state_dict(_rename(state_dict, {**_TORCH_LAYER_KEYS, "multihead_attn.": "cross_attn."}))
-
-
-_TORCH_LAYER_KEYS = {"linear1.": "mlp.fc1.", "linear2.": "mlp.fc2."}
-
-
-def _rename(state_dict: Mapping[str, Tensor], prefixes: Mapping[str, str]) -> dict[str, Tensor]:
-    out = {}
-    for key, value in state_dict.items():
-        for old, new in prefixes.items():
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        out[key] = value
-    return out
+        x = self._add_attention(x, out, self.norm2, self.ls2)
+        return self._add_mlp(x, self.norm3, self.ls3), weights
 
 
 def _torch_layer_kwargs(layer: nn.Module) -> dict:
@@ -388,7 +338,6 @@ def _torch_layer_kwargs(layer: nn.Module) -> dict:
     else:
         raise ValueError(f"unsupported activation {act!r}; use relu, gelu or an nn.Module")
     attn = layer.self_attn
-    bias = attn.in_proj_bias is not None
     return {
         "embed_dim": attn.embed_dim,
         "num_heads": attn.num_heads,
@@ -398,11 +347,13 @@ def _torch_layer_kwargs(layer: nn.Module) -> dict:
         "activation": activation,
         "norm_first": layer.norm_first,
         "layer_norm_eps": layer.norm1.eps,
-        "bias": bias,
+        "bias": attn.in_proj_bias is not None,
     }
 
 
-def _stack_from_torch(cls: type, stack: nn.Module, layer_cls: type) -> nn.Module:
+def _stack_from_torch(cls: type, stack: nn.Module, torch_type: type[nn.Module]) -> nn.Module:
+    if not isinstance(stack, torch_type):
+        raise TypeError(f"expected nn.{torch_type.__name__}, got {type(stack).__name__}")
     layers = list(stack.layers)
     kwargs = _torch_layer_kwargs(layers[0])
     norm = stack.norm
@@ -419,30 +370,24 @@ def _stack_from_torch(cls: type, stack: nn.Module, layer_cls: type) -> nn.Module
     return new.to(device=ref.device, dtype=ref.dtype).train(stack.training)
 
 
-def _drop_path_ramp(num_layers: int, drop_path: float) -> list[float]:
-    """Linear stochastic-depth ramp ``0 .. drop_path`` over the layers (DeiT/timm)."""
-    if num_layers == 1:
-        return [0.0]
-    return [drop_path * i / (num_layers - 1) for i in range(num_layers)]
-
-
-def _attention_dtype(x: Tensor) -> torch.dtype:
-    """The dtype q/k/v will have: the autocast dtype when autocast is on, else ``x.dtype``."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
-
-
-def _prepare_padding(key_padding_mask: Tensor | None, x: Tensor) -> bool:
-    """Convert ``key_padding_mask`` once per stack?  Only a well-formed bool ``(batch, k_len)`` mask (else
-    the layers convert it and raise their usual errors)."""
-    return (
+def _padding_once(
+    key_padding_mask: Tensor | None, keys: Tensor, x: Tensor
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(key_padding_mask, sdpa_mask)`` for every layer of a stack: a well-formed bool ``(batch, k_len)``
+    mask of ``keys`` ``(batch, k_len, E)`` becomes ``(None, key_padding_to_sdpa(...))`` in the dtype q/k/v
+    will have (the autocast dtype when autocast is on, else ``x.dtype``); any other is left to the layers
+    (which convert it and raise their usual errors)."""
+    if not (
         key_padding_mask is not None
         and key_padding_mask.dtype == torch.bool
         and key_padding_mask.dim() == 2
-        and x.dim() == 3
-        and tuple(key_padding_mask.shape) == (x.shape[0], x.shape[1])
-    )
+        and keys.dim() == 3
+        and tuple(key_padding_mask.shape) == (keys.shape[0], keys.shape[1])
+    ):
+        return key_padding_mask, None
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    return None, key_padding_to_sdpa(key_padding_mask, dtype)
 
 
 class _Stack(nn.Module):
@@ -463,9 +408,9 @@ class _Stack(nn.Module):
         super().__init__()
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        ramp = [drop_path * i / max(num_layers - 1, 1) for i in range(num_layers)]  # 0 .. drop_path (DeiT)
         self.layers = nn.ModuleList(
-            self.layer_type(embed_dim, num_heads, drop_path=p, **layer_kwargs)
-            for p in _drop_path_ramp(num_layers, drop_path)
+            self.layer_type(embed_dim, num_heads, drop_path=p, **layer_kwargs) for p in ramp
         )
         norm_first = layer_kwargs.get("norm_first", True)
         eps = layer_kwargs.get("layer_norm_eps", 1e-5)
@@ -486,9 +431,7 @@ class Encoder(_Stack):
     @classmethod
     def from_torch(cls, encoder: nn.TransformerEncoder) -> Encoder:
         """Equivalent stack (same outputs) from an ``nn.TransformerEncoder`` (with its final ``norm``)."""
-        if not isinstance(encoder, nn.TransformerEncoder):
-            raise TypeError(f"expected nn.TransformerEncoder, got {type(encoder).__name__}")
-        return _stack_from_torch(cls, encoder, EncoderLayer)
+        return _stack_from_torch(cls, encoder, nn.TransformerEncoder)
 
     def forward(
         self,
@@ -513,10 +456,7 @@ class Encoder(_Stack):
                 f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
             )
         all_weights: list[Tensor] = []
-        sdpa_mask = None
-        if _prepare_padding(key_padding_mask, x):
-            sdpa_mask = key_padding_to_sdpa(key_padding_mask, _attention_dtype(x))
-            key_padding_mask = None
+        key_padding_mask, sdpa_mask = _padding_once(key_padding_mask, x, x)
         for layer in self.layers:
             x, w = layer(
                 x,
@@ -545,9 +485,7 @@ class Decoder(_Stack):
     @classmethod
     def from_torch(cls, decoder: nn.TransformerDecoder) -> Decoder:
         """Equivalent stack (same outputs) from an ``nn.TransformerDecoder`` (with its final ``norm``)."""
-        if not isinstance(decoder, nn.TransformerDecoder):
-            raise TypeError(f"expected nn.TransformerDecoder, got {type(decoder).__name__}")
-        return _stack_from_torch(cls, decoder, DecoderLayer)
+        return _stack_from_torch(cls, decoder, nn.TransformerDecoder)
 
     def make_cache(self, capacity: int | None = None) -> DecoderCache:
         """A fresh ``DecoderCache`` for this decoder's layers; ``capacity``: target positions to
@@ -575,10 +513,7 @@ class Decoder(_Stack):
                 f"cache has {len(cache)} layers, decoder has {len(self.layers)}; use make_cache()"
             )
         all_weights: list[Tensor] = []
-        memory_sdpa_mask = None
-        if _prepare_padding(memory_key_padding_mask, memory):
-            memory_sdpa_mask = key_padding_to_sdpa(memory_key_padding_mask, _attention_dtype(x))
-            memory_key_padding_mask = None
+        memory_key_padding_mask, memory_sdpa_mask = _padding_once(memory_key_padding_mask, memory, x)
         for i, layer in enumerate(self.layers):
             x, w = layer(
                 x,

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .cache import KVCache
 from .functional import BACKENDS, _attend
 from .masks import and_masks, torch_to_sdpa_mask
-from .positional import RotaryEmbedding, alibi_bias, alibi_slopes
+from .positional import RotaryEmbedding, _check_positions, alibi_bias, alibi_slopes
 
 __all__ = ["MultiHeadAttention", "load_timm_attention"]
 
@@ -110,9 +110,8 @@ class MultiHeadAttention(nn.Module):
         self._split = (embed_dim, kv_dim, kv_dim)
         if self._qkv_same_embed_dim:
             self.in_proj_weight = nn.Parameter(torch.empty(embed_dim + 2 * kv_dim, embed_dim, **factory))
-            self.register_parameter("q_proj_weight", None)
-            self.register_parameter("k_proj_weight", None)
-            self.register_parameter("v_proj_weight", None)
+            for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                self.register_parameter(name, None)
         else:
             self.register_parameter("in_proj_weight", None)
             self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
@@ -140,16 +139,12 @@ class MultiHeadAttention(nn.Module):
 
     def _reset_parameters(self) -> None:
         """Same initialisation as ``nn.MultiheadAttention``."""
-        if self._qkv_same_embed_dim:
-            nn.init.xavier_uniform_(self.in_proj_weight)
-        else:
-            nn.init.xavier_uniform_(self.q_proj_weight)
-            nn.init.xavier_uniform_(self.k_proj_weight)
-            nn.init.xavier_uniform_(self.v_proj_weight)
-        if self.in_proj_bias is not None:
-            nn.init.zeros_(self.in_proj_bias)
-        if self.out_proj.bias is not None:
-            nn.init.zeros_(self.out_proj.bias)
+        for weight in (self.in_proj_weight, self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+            if weight is not None:
+                nn.init.xavier_uniform_(weight)
+        for bias in (self.in_proj_bias, self.out_proj.bias):
+            if bias is not None:
+                nn.init.zeros_(bias)
 
     def extra_repr(self) -> str:
         extra = f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
@@ -168,20 +163,7 @@ class MultiHeadAttention(nn.Module):
         start = sum(self._split[:i])
         return self.in_proj_bias[start : start + self._split[i]]
 
-    def _weight(self, i: int) -> Tensor:
-        if not self._qkv_same_embed_dim:
-            return (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)[i]
-        start = sum(self._split[:i])
-        return self.in_proj_weight[start : start + self._split[i]]
-
-    def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self._qkv_same_embed_dim:  # one fused matmul: (B, L, E + 2 * kv_dim)
-            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-            q, k, v = qkv.split(self._split, dim=-1)
-            return q, k, v
-        return tuple(F.linear(x, self._weight(i), self._bias(i)) for i in range(3))  # type: ignore[return-value]
-
-    def _project_cross(
+    def _project(
         self, query: Tensor, key: Tensor | None, value: Tensor | None
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """q from ``query``; k/v from ``key``/``value`` (``None``, ``None`` when ``key`` is ``None``).
@@ -194,8 +176,8 @@ class MultiHeadAttention(nn.Module):
             q = F.linear(query, self.q_proj_weight, self._bias(0))
             if key is None:
                 return q, None, None
-            k = F.linear(key, self._weight(1), self._bias(1))
-            return q, k, F.linear(value, self._weight(2), self._bias(2))
+            k = F.linear(key, self.k_proj_weight, self._bias(1))
+            return q, k, F.linear(value, self.v_proj_weight, self._bias(2))
         e = self._split[0]
         w_q, w_kv = self.in_proj_weight.split((e, self.in_proj_weight.shape[0] - e))
         b_q = b_kv = None
@@ -248,11 +230,9 @@ class MultiHeadAttention(nn.Module):
                 are projected once, on the first call, then reused; ``key`` may then be ``None``).
             positions: ``(q_len,)`` or ``(batch, q_len)`` integer positions for RoPE/ALiBi
                 (default ``cache.seq_len + arange(q_len)``).
-            sdpa_mask: a mask already in the SDPA convention (bool ``True`` = may attend, float = added),
-                broadcastable to ``(batch, num_heads, q_len, k_len)``, that leaves every query row at least
-                one key (not checked).  Used as is: no conversion and no fully-masked-row guard, so a stack
-                converts its padding mask once (``mha.key_padding_to_sdpa``) instead of once per layer.
-                Combines with ``attn_mask``/``key_padding_mask``.
+            sdpa_mask: an SDPA-convention mask broadcastable to ``(batch, num_heads, q_len, k_len)`` that
+                leaves every query row a key (not checked: no fully-masked-row guard), e.g. from
+                ``mha.masks.key_padding_to_sdpa``.  Combines with ``attn_mask``/``key_padding_mask``.
 
         Returns:
             ``(output, weights)``: output like ``query``; weights ``(batch, q_len, k_len)`` when averaged,
@@ -348,14 +328,16 @@ class MultiHeadAttention(nn.Module):
         batch, q_len, _ = query.shape
 
         # ---- projections -> (B, heads, seq, head_dim)
-        if is_self:
-            q, k, v = self._project_self(query)
+        if is_self and self._qkv_same_embed_dim:  # one fused matmul: (B, L, E + 2 * kv_dim)
+            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).split(self._split, dim=-1)
+        elif is_self:
+            q, k, v = self._project(query, query, query)
         else:
             if static and not cache.is_empty:
                 key = value = None
             else:
                 self._check_kv(key, value, batch)
-            q, k, v = self._project_cross(query, key, value)
+            q, k, v = self._project(query, key, value)
         qk_norm = not isinstance(self.q_norm, nn.Identity)  # (skip two no-op module calls otherwise)
         q = q.view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
         if qk_norm:
@@ -372,7 +354,7 @@ class MultiHeadAttention(nn.Module):
             if positions is None:
                 q_pos = torch.arange(offset, offset + q_len, device=query.device)
             else:
-                q_pos = _check_positions(positions, batch, q_len)
+                q_pos = _check_positions(positions, q_len, batch)
             if self.rope is not None:
                 q, k = self.rope(q, q_pos), self.rope(k, q_pos)
         elif positions is not None:
@@ -534,29 +516,20 @@ def load_timm_attention(
     )
     if qk_norm:
         new.q_norm.eps = new.k_norm.eps = qk_norm_eps
-    renamed = {}
-    for name, tensor in state.items():
-        if name.startswith("qkv."):
-            renamed["in_proj_" + name[4:]] = tensor
-        elif name.startswith("proj."):
-            renamed["out_proj." + name[5:]] = tensor
-        else:
-            renamed[name] = tensor
-    new.load_state_dict(renamed)
+    new.load_state_dict(_rename(state, {"qkv.": "in_proj_", "proj.": "out_proj."}))
     return new
 
 
-def _check_positions(positions: Tensor, batch: int, q_len: int) -> Tensor:
-    if not isinstance(positions, Tensor) or positions.is_floating_point() or positions.dtype == torch.bool:
-        raise TypeError(
-            f"positions must be an integer tensor, got {getattr(positions, 'dtype', type(positions))}"
-        )
-    if positions.shape not in ((q_len,), (batch, q_len)):
-        raise ValueError(
-            f"positions must have shape (q_len,)=({q_len},) or (batch, q_len)=({batch}, {q_len}), "
-            f"got {tuple(positions.shape)}"
-        )
-    return positions
+def _rename(state_dict: Mapping[str, Tensor], prefixes: Mapping[str, str]) -> dict[str, Tensor]:
+    """``state_dict`` with each key's first matching prefix in ``prefixes`` replaced."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in prefixes.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
 
 
 def _divisor_near(n: int, target: int) -> int:

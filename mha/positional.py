@@ -18,17 +18,28 @@ __all__ = [
 ]
 
 
-def _positions(x: Tensor, seq_dim: int, offset: int, positions: Tensor | None) -> Tensor:
-    if positions is None:
-        return torch.arange(offset, offset + x.shape[seq_dim], device=x.device)
-    if positions.is_floating_point() or positions.dtype == torch.bool:
-        raise TypeError(f"positions must be an integer (Long) tensor, got {positions.dtype}")
-    if positions.shape[-1] != x.shape[seq_dim]:
-        raise ValueError(
-            f"positions must have the sequence length {x.shape[seq_dim]} in its last dim, "
-            f"got shape {tuple(positions.shape)}"
+def _check_positions(positions: Tensor, seq_len: int, batch: int | None = None) -> Tensor:
+    """``positions`` if it is an integer ``(seq_len,)`` or ``(batch, seq_len)`` tensor (any leading dims when
+    ``batch`` is ``None``)."""
+    if not isinstance(positions, Tensor) or positions.is_floating_point() or positions.dtype == torch.bool:
+        raise TypeError(
+            f"positions must be an integer tensor, got {getattr(positions, 'dtype', type(positions))}"
         )
+    shape = positions.shape
+    fits = shape[-1:] == (seq_len,) if batch is None else shape in ((seq_len,), (batch, seq_len))
+    if not fits:
+        rows = "batch" if batch is None else batch
+        raise ValueError(f"positions must have shape ({seq_len},) or ({rows}, {seq_len}), got {tuple(shape)}")
     return positions
+
+
+def _positions(x: Tensor, embed_dim: int, offset: int, positions: Tensor | None) -> Tensor:
+    """Positions of ``x`` ``(batch, seq, embed_dim)``: ``offset + arange(seq)`` or the given ``positions``."""
+    if x.dim() != 3 or x.shape[-1] != embed_dim:
+        raise ValueError(f"expected (batch, seq, {embed_dim}) input, got shape {tuple(x.shape)}")
+    if positions is None:
+        return torch.arange(offset, offset + x.shape[1], device=x.device)
+    return _check_positions(positions, x.shape[1])
 
 
 def sinusoidal_table(positions: Tensor, embed_dim: int) -> Tensor:
@@ -40,8 +51,7 @@ def sinusoidal_table(positions: Tensor, embed_dim: int) -> Tensor:
         * (-math.log(10000.0) * 2 / embed_dim)
     )
     angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., E/2)
-    table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # interleaved sin, cos: (..., E)
-    return table
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # interleaved sin, cos: (..., E)
 
 
 class SinusoidalPositionalEncoding(nn.Module):
@@ -64,9 +74,7 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
         """``x`` ``(batch, seq, embed_dim)`` -> same shape, with encodings added."""
-        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
-            raise ValueError(f"expected (batch, seq, {self.embed_dim}) input, got shape {tuple(x.shape)}")
-        pos = _positions(x, 1, offset, positions)
+        pos = _positions(x, self.embed_dim, offset, positions)
         return self.dropout(x + sinusoidal_table(pos, self.embed_dim).to(x.dtype))
 
 
@@ -87,16 +95,12 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
         """``x`` ``(batch, seq, embed_dim)`` -> same shape."""
-        if x.dim() != 3 or x.shape[-1] != self.weight.shape[1]:
-            raise ValueError(
-                f"expected (batch, seq, {self.weight.shape[1]}) input, got shape {tuple(x.shape)}"
-            )
+        pos = _positions(x, self.weight.shape[1], offset, positions)
         if positions is None and offset + x.shape[1] > self.max_len:
             raise ValueError(
                 f"sequence of length {x.shape[1]} at offset {offset} exceeds max_len={self.max_len}; "
                 "build LearnedPositionalEmbedding with a larger max_len"
             )
-        pos = _positions(x, 1, offset, positions)
         return self.dropout(x + self.weight[pos].to(x.dtype))
 
 
