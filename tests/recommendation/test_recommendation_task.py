@@ -125,9 +125,11 @@ def test_recommend_runs_as_a_module(trained_run):
 @pytest.mark.slow
 def test_readme_train_commands_run_on_tiny_fixtures(tmp_path):
     """Every ``python train.py`` line of the README, with steps cut, on logs cut from MovieLens-100k in
-    the formats the commands name (``/path/to/data`` -> a folder with ml-1m/ratings.dat)."""
+    the formats the commands name (``/path/to/data`` -> a folder with ml-1m/ratings.dat and movies.dat)."""
+    from tests.app.test_recipes import write_ml1m
+
     data = tmp_path / "data"
-    write_movielens(data / "ml-1m" / "ratings.dat", 40, "::")
+    write_ml1m(data)  # ml-1m/ratings.dat and the movies.dat the recipe's titles key names
     write_movielens(data / "ml-100k" / "u.data", 40, "\t")
     commands = _readme_commands("python train.py")
     assert any("experiment=recommendation_ml1m" in c for c in commands)
