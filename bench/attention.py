@@ -21,6 +21,9 @@ Two tables:
 * module level, ``(batch, seq, embed)`` with projections: ``mha.MultiHeadAttention``,
   ``nn.MultiheadAttention`` with default arguments (``need_weights=True``) and with ``need_weights=False``,
   timm ``Attention``.  Ratio = their time / our time (targets fwd+bwd: >= 1.5x nn default, >= 1.0x timm).
+  With a key-padding mask, ours takes the bool mask as a user passes it (converted, with the guard that zeroes
+  a sequence of padding only, on every call), and a second row runs a layer of ``mha.Encoder``, which gets the
+  mask converted once per forward (``sdpa_mask``), as timm's row gets its mask made outside the timed call.
 FLOPs: attention ``4*B*H*N^2*D`` forward (halved when causal), backward 2.5x forward; modules add
 ``8*B*N*E^2`` forward for the projections (backward 2x). Timing: the rows of a table are timed interleaved
 (``--samples`` passes, one ~10 ms sample of every row per pass, order shuffled, two untimed warm-up calls
@@ -418,6 +421,11 @@ def module_rows(shape: Shape, backward: bool) -> list[dict] | None:
     fns: dict[str, Callable[[], torch.Tensor]] = {
         "ours MultiHeadAttention": lambda: ours(x, key_padding_mask=kpm, is_causal=causal)[0],
         "ours again (A/A)": lambda: ours_again(x, key_padding_mask=kpm, is_causal=causal)[0],
+    }
+    if kpm is not None and not causal:  # a layer of mha.Encoder: the stack converts the mask once per forward
+        encoder_mask = mha.masks.key_padding_to_sdpa(kpm, DTYPE)
+        fns["ours, mask made once (Encoder layer)"] = lambda: ours(x, sdpa_mask=encoder_mask)[0]
+    fns |= {
         "nn.MultiheadAttention (default)": lambda: torch_mha(x, x, x, **masks)[0],
         "nn.MultiheadAttention need_weights=False": lambda: torch_mha(x, x, x, need_weights=False, **masks)[
             0

@@ -70,6 +70,9 @@ for res in load("attention_module.json"):
         if row and row.get("ratio"):
             paired = (row.get("paired") or {}).get("ours", (None,))[0]
             cells.append(f"{label} {row['ratio']:.2f}x (paired {paired:.2f})")
+    enc, timm = rows.get("ours, mask made once (Encoder layer)"), rows.get("timm Attention")
+    if enc and timm and enc.get("ms") and timm.get("ms"):
+        cells.append(f"timm / ours as an Encoder layer {timm['ms'] / enc['ms']:.2f}x")
     print(f"{res['shape']:>10} {res['pass']:>6}: " + ", ".join(cells))
 
 print("\n== kernel level (paired ratio > 1: ours faster; a forced row beating SDPA's default by more than the")
