@@ -139,13 +139,26 @@ def attention(
         raise ValueError(f"score_mod/block_mask need backend 'auto', 'flex' or 'eager', got {backend!r}")
     if is_causal and block_mask is not None:
         raise ValueError("is_causal=True with a block_mask: put causality into the block_mask's mask_mod")
-    return _attend(q, k, v, mask, is_causal, scale, dropout_p, score_mod, block_mask, backend, return_weights)
+    return _attend(
+        q,
+        k,
+        v,
+        mask=mask,
+        is_causal=is_causal,
+        scale=scale,
+        dropout_p=dropout_p,
+        score_mod=score_mod,
+        block_mask=block_mask,
+        backend=backend,
+        return_weights=return_weights,
+    )
 
 
 def _attend(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    *,
     mask: Tensor | None = None,
     is_causal: bool = False,
     scale: float | None = None,
@@ -192,9 +205,21 @@ def _attend(
 
     weights = None
     if backend == "eager":
-        out, weights = _eager(q, k, v, mask, is_causal, scale, dropout_p, score_mod, block_mask)
+        out, weights = _eager(
+            q,
+            k,
+            v,
+            mask=mask,
+            is_causal=is_causal,
+            scale=scale,
+            dropout_p=dropout_p,
+            score_mod=score_mod,
+            block_mask=block_mask,
+        )
     elif backend == "flex":
-        out = _flex(q, k, v, mask, is_causal, scale, score_mod, block_mask)
+        out = _flex(
+            q, k, v, mask=mask, is_causal=is_causal, scale=scale, score_mod=score_mod, block_mask=block_mask
+        )
     else:
         if gqa and backend in ("cudnn", "efficient"):  # these kernels take no enable_gqa: repeat k/v heads
             groups = q.shape[1] // k.shape[1]
@@ -242,6 +267,7 @@ def _eager(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    *,
     mask: Tensor | None,
     is_causal: bool,
     scale: float | None,
@@ -291,6 +317,7 @@ def _flex(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    *,
     mask: Tensor | None,
     is_causal: bool,
     scale: float | None,

@@ -56,7 +56,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tasks.common.distributed import ShardedLoaders
-from tasks.common.hub import error_summary, hub_failure
+from tasks.common.hub import HUB_NAME, error_summary, hub_failure
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 UNKNOWN, SILENCE = "_unknown_", "_silence_"
@@ -760,7 +760,7 @@ class AudioDataModule(ShardedLoaders, L.LightningDataModule):
         given = {"espeak": espeak, "fsdd": fsdd, "speech_commands": speech_commands}
         self.settings = _section(source, given[source], defaults[source])
         hub = self.settings.get("hub")
-        if hub is not None and (not isinstance(hub, str) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", hub)):
+        if hub is not None and (not isinstance(hub, str) or not re.fullmatch(HUB_NAME, hub)):
             raise ValueError(
                 f"task.data.speech_commands.hub={hub!r} is not a hub dataset name (owner/name); use e.g. "
                 f"{SPEECH_COMMANDS_HUB} (hub_config: v0.02), or null for task.data.root"

@@ -1,11 +1,14 @@
 """What the tasks that read Hugging Face hub datasets (``datasets.load_dataset``) share: the one-line message
-for a hub dataset that could not be loaded (used by ``tasks.vision.data`` and ``tasks.audio.data``)."""
+for a hub dataset that could not be loaded (used by ``tasks.vision.data`` and ``tasks.audio.data``) and the
+form of a hub dataset name."""
 
 from __future__ import annotations
 
 import os
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+#: a hub dataset name, ``name`` or ``owner/name`` (the config pre-check and the data modules test it)
+HUB_NAME = r"[\w.-]+(/[\w.-]+)?"
 
 
 def hub_failure(key: str, name: str, err: BaseException, local: str) -> str:

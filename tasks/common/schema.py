@@ -41,6 +41,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tasks.common.hub import HUB_NAME
+
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 #: ``get(key)``: the resolved value of a dotted key, ``None`` when absent
@@ -915,7 +917,7 @@ AUDIO = Schema(
         "task.data.speech_commands.silence_percentage": Float(0, when=_source("speech_commands")),
         AUDIO_HUB: Text(
             null=True,
-            pattern=r"[\w.-]+(/[\w.-]+)?",
+            pattern=HUB_NAME,
             form="a hub dataset name (owner/name), e.g. google/speech_commands",
             when=_source("speech_commands"),
         ),
