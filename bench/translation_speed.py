@@ -8,7 +8,7 @@ decoding (ours uncached, with the eager KV cache, with static shapes + CUDA grap
     python bench/translation_speed.py --compile            # training also timed under torch.compile
     python bench/translation_speed.py --decode-len 128     # longer decoding: the cache matters more
     python bench/translation_speed.py --padded             # source batches with padding (masks on)
-    python bench/translation_speed.py --device cpu --small --dtype fp32   # a CPU run at tiny sizes
+    python bench/translation_speed.py --device cpu --small --dtype fp32   # CPU: the task's default model
 
 1. ``train``: the base configuration (6+6 layers, d 512, 8 heads, FFN 2048, ReLU, dropout 0.1, pre-norm,
    vocabulary 8000, tied embeddings) built on ``mha`` (``tasks.translation.model.Seq2SeqTransformer``)
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast / decoding dtype")
     p.add_argument("--sections", nargs="+", default=["train", "decode"], choices=["train", "decode"])
-    p.add_argument("--small", action="store_true", help="tiny sizes for a CPU run")
+    p.add_argument("--small", action="store_true", help="the translation task's default model, for a CPU run")
     p.add_argument("--compile", action="store_true", help="also time both training models compiled")
     p.add_argument("--padded", action="store_true", help="pad a quarter of the source sentences")
     p.add_argument("--always-mask", action="store_true", help="pass the padding mask even without padding")
@@ -263,9 +263,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("error: no CUDA device; run on a GPU or pass --device cpu --small for a smoke run")
     size = {"embed_dim": 512, "num_heads": 8, "layers": 6, "ffn_dim": 2048}
     if args.small:
-        size = {"embed_dim": 64, "num_heads": 4, "layers": 2, "ffn_dim": 128}
-        args.batch, args.src_len, args.tgt_len, args.vocab = 8, 16, 16, 500
-        args.warmup, args.steps, args.decode_batches, args.decode_len = 1, 3, [1, 4], 12
+        # the translation task's default model (conf/task/translation.yaml), sentences of its default corpus
+        size = {"embed_dim": 128, "num_heads": 4, "layers": 2, "ffn_dim": 512}
+        args.batch, args.src_len, args.tgt_len, args.vocab = 8, 16, 16, 400
+        args.warmup, args.steps, args.decode_batches, args.decode_len = 1, 3, [1, 4, 32], 12
     torch.manual_seed(0)
     ours = Seq2SeqTransformer(
         args.vocab,
