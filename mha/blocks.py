@@ -1,7 +1,6 @@
 """Transformer blocks built on ``MultiHeadAttention``: MLP, DropPath, LayerScale, EncoderLayer/DecoderLayer,
 Encoder/Decoder.  Pre-norm by default, post-norm as an option; weights load from PyTorch's
-``nn.Transformer*`` layers and stacks (``from_torch`` / ``load_torch_state_dict``) and timm ViT ``Block``s.
-"""
+``nn.Transformer*`` layers and stacks (``from_torch`` / ``load_torch_state_dict``) and timm ViT ``Block``s."""
 
 from __future__ import annotations
 
@@ -185,10 +184,9 @@ class _Layer(nn.Module):
 class EncoderLayer(_Layer):
     """Self-attention + MLP block on ``(batch, seq, embed_dim)``.
 
-    Pre-norm (default): ``x + drop_path(ls1(drop(attn(norm1(x)))))`` then ``x +
-    drop_path(ls2(mlp(norm2(x))))``.
-    Post-norm (``norm_first=False``, the original Transformer): ``norm1(x + drop(attn(x)))``, ``norm2(x +
-    mlp(x))``.
+    Pre-norm (default): ``x + drop_path(ls1(drop(attn(norm1(x)))))``, ``x + drop_path(ls2(mlp(norm2(x))))``;
+    post-norm (``norm_first=False``, the original Transformer): ``norm1(x + drop(attn(x)))``,
+    ``norm2(x + mlp(x))``.
 
     Args:
         embed_dim, num_heads: attention sizes.
@@ -235,16 +233,12 @@ class EncoderLayer(_Layer):
         """Equivalent pre-norm layer from a timm ViT ``Block`` (norm1, attn, ls1, norm2, mlp, ls2)."""
         attn = load_timm_attention(block.attn)
         norm1, fc1 = block.norm1, block.mlp.fc1
-        if not isinstance(norm1, nn.LayerNorm) or not isinstance(
-            getattr(block.mlp, "norm", nn.Identity()), nn.Identity
-        ):
+        mlp_norm = getattr(block.mlp, "norm", nn.Identity())
+        if not isinstance(norm1, nn.LayerNorm) or not isinstance(mlp_norm, nn.Identity):
             raise ValueError("only timm Blocks with LayerNorm norms and a plain Mlp are supported")
         act = block.mlp.act
-        activation = (
-            (lambda: act)
-            if not isinstance(act, nn.GELU)
-            else ("gelu" if act.approximate == "none" else "gelu_tanh")
-        )
+        gelu = isinstance(act, nn.GELU)
+        activation = ("gelu" if act.approximate == "none" else "gelu_tanh") if gelu else (lambda: act)
         gamma = getattr(getattr(block, "ls1", None), "gamma", None)
         new = cls(
             attn.embed_dim,
@@ -475,9 +469,8 @@ class Encoder(_Stack):
 class Decoder(_Stack):
     """A stack of ``DecoderLayer`` plus a final LayerNorm (pre-norm only), with incremental decoding.
 
-    ``make_cache()`` returns a ``DecoderCache``; then call ``decoder(x_new, memory, cache=cache)`` with the
-    new tokens ``(batch, 1, E)`` each step: outputs equal the last rows of a full causal forward over the
-    prefix.
+    ``make_cache()`` returns a ``DecoderCache``; call ``decoder(x_new, memory, cache=cache)`` with the new
+    tokens ``(batch, 1, E)`` each step: outputs equal the last rows of a full causal forward over the prefix.
     """
 
     layer_type = DecoderLayer

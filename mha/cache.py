@@ -46,15 +46,11 @@ class KVCache:
 
     @property
     def k(self) -> Tensor | None:
-        if self._k is None or self.static:
-            return self._k
-        return self._k[:, :, : self._len]
+        return self._k if self._k is None or self.static else self._k[:, :, : self._len]
 
     @property
     def v(self) -> Tensor | None:
-        if self._v is None or self.static:
-            return self._v
-        return self._v[:, :, : self._len]
+        return self._v if self._v is None or self.static else self._v[:, :, : self._len]
 
     @property
     def seq_len(self) -> int:
@@ -97,8 +93,7 @@ class KVCache:
                 if views is not None:
                     (self._k, self._v), self._in_pool = views, True
                 else:
-                    self._k = self._alloc(k, capacity)
-                    self._v = self._alloc(v, capacity)
+                    self._k, self._v = self._alloc(k, capacity), self._alloc(v, capacity)
             elif self._len + n > self._k.shape[2]:
                 self._grow(max(2 * self._k.shape[2], self._len + n))
             self._k[:, :, self._len : self._len + n] = k
@@ -123,14 +118,12 @@ class KVCache:
             setattr(self, name, new)
 
     def reorder(self, index: Tensor) -> None:
-        """Select/reorder batch rows (beam search): ``index`` ``(new_batch,)`` LongTensor of old batch
-        rows."""
+        """Reorder batch rows (beam search): ``index`` ``(new_batch,)`` LongTensor of old batch rows."""
         if self._k is None:
             return
         index = index.to(self._k.device)
         self._in_pool = False
-        self._k = self._k.index_select(0, index)
-        self._v = self._v.index_select(0, index)
+        self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
         if self.positions is not None and self.positions.dim() == 2:
             self.positions = self.positions.index_select(0, index)
 
@@ -346,8 +339,7 @@ class _StaticMemoryCache:
         """The first call after a reset copies ``k``/``v`` (the projected memory) in; later reuse it."""
         if not self.filled:
             if self._k is None or self._k.shape != k.shape or self._k.dtype != k.dtype:
-                self._k = k.new_empty(k.shape)
-                self._v = v.new_empty(v.shape)
+                self._k, self._v = k.new_empty(k.shape), v.new_empty(v.shape)
             self._k.copy_(k)
             self._v.copy_(v)
             self.filled = True

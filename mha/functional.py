@@ -2,8 +2,7 @@
 ``F.scaled_dot_product_attention`` (what it adds to SDPA: see ``attention`` and ``mha/README.md``).
 
 Tensors are ``(batch, heads, seq, head_dim)``; masks follow SDPA (bool ``True`` = may attend, float = added
-to the scores).  Which SDPA kernel runs is SDPA's own choice unless pinned by ``backend=``/``force_backend``.
-"""
+to the scores).  SDPA picks its own kernel unless one is pinned by ``backend=``/``force_backend``."""
 
 from __future__ import annotations
 
@@ -92,8 +91,7 @@ def attention(
         backend: ``"auto"`` (SDPA's own kernel choice; eager for weights, Flex for ``score_mod``/
             ``block_mask``), ``"sdpa"``, or a pinned ``"cudnn"``, ``"flash"``, ``"efficient"``, ``"math"``,
             ``"flex"``, ``"eager"``.  A pinned SDPA kernel that cannot run the call raises.
-        return_weights: also return the attention probabilities (uses the eager path).  They are the
-            probabilities before dropout.
+        return_weights: also return the attention probabilities, before dropout (uses the eager path).
 
     Returns:
         ``out`` of shape ``(batch, heads, q_len, v_head_dim)``, and with ``return_weights`` also the weights

@@ -12,8 +12,7 @@ key_padding_mask=...)`` (nn.MultiheadAttention)
 
 The module keeps ``nn.MultiheadAttention``'s polarity so it is a drop-in replacement; the functional entry
 keeps ``F.scaled_dot_product_attention``'s polarity.  ``torch_to_sdpa_mask`` converts the first into the
-second. A query row whose every key is masked yields zeros (and zero weights), never NaN, in both.
-"""
+second. A query row whose every key is masked yields zeros (and zero weights), never NaN, in both."""
 
 from __future__ import annotations
 
@@ -57,9 +56,8 @@ def sliding_window_mask(
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     k_len = q_len if k_len is None else k_len
-    return causal_mask(q_len, k_len, device=device) & ~causal_mask(q_len, k_len, device=device).tril(
-        k_len - q_len - window
-    )
+    causal = causal_mask(q_len, k_len, device=device)
+    return causal & ~causal.tril(k_len - q_len - window)
 
 
 def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:

@@ -132,9 +132,7 @@ class MultiHeadAttention(nn.Module):
         else:
             self.alibi_slopes = None
         # plain self-attention (fused qkv, no GQA/positions/qk-norm) may take forward's short path
-        self._plain = (
-            self._qkv_same_embed_dim and num_kv_heads == num_heads and not qk_norm and not positional
-        )
+        self._plain = self._qkv_same_embed_dim and num_kv_heads == num_heads and not (qk_norm or positional)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -168,9 +166,8 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """q from ``query``; k/v from ``key``/``value`` (``None``, ``None`` when ``key`` is ``None``).
 
-        With the fused ``in_proj_weight`` the weight is ``split`` into q and kv parts (its backward is one
-        ``cat``; slicing would zero-fill a full-size gradient per slice) and k/v take one matmul when ``key
-        is value``.
+        The fused ``in_proj_weight`` is ``split`` into q and kv parts (backward: one ``cat``; slicing would
+        zero-fill a full-size gradient per slice); k/v take one matmul when ``key is value``.
         """
         if not self._qkv_same_embed_dim:
             q = F.linear(query, self.q_proj_weight, self._bias(0))

@@ -46,10 +46,8 @@ def sinusoidal_table(positions: Tensor, embed_dim: int) -> Tensor:
     """Sinusoidal encodings of "Attention Is All You Need": ``(..., embed_dim)`` float32 for integer
     positions."""
     half = embed_dim // 2
-    inv_freq = torch.exp(
-        torch.arange(half, device=positions.device, dtype=torch.float32)
-        * (-math.log(10000.0) * 2 / embed_dim)
-    )
+    steps = torch.arange(half, device=positions.device, dtype=torch.float32)
+    inv_freq = torch.exp(steps * (-math.log(10000.0) * 2 / embed_dim))
     angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., E/2)
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # interleaved sin, cos: (..., E)
 
@@ -79,8 +77,7 @@ class SinusoidalPositionalEncoding(nn.Module):
 
 
 class LearnedPositionalEmbedding(nn.Module):
-    """Adds a learned position embedding (``nn.Embedding(max_len, embed_dim)``) to ``(batch, seq,
-    embed_dim)``.
+    """Adds learned position embeddings (``nn.Embedding(max_len, embed_dim)``) to ``(batch, seq, embed_dim)``.
 
     ``forward(x, offset=0, positions=None)``; positions must be ``< max_len``.  The table is ``.weight``
     (``(max_len, embed_dim)``), initialised with std 0.02 like ViT/BERT.
@@ -170,5 +167,4 @@ def alibi_bias(slopes: Tensor, q_positions: Tensor, k_positions: Tensor, dtype: 
         a causal mask this equals the paper's ``slope * (k_pos - q_pos)``.
     """
     dist = (q_positions[..., :, None] - k_positions[..., None, :]).abs().to(torch.float32)  # (..., Lq, Lk)
-    dist = dist.unsqueeze(-3)  # (..., 1, Lq, Lk)
-    return (-slopes.to(dist.device)[:, None, None] * dist).to(dtype)
+    return (-slopes.to(dist.device)[:, None, None] * dist.unsqueeze(-3)).to(dtype)
