@@ -265,8 +265,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.small:
         # the translation task's default model (conf/task/translation.yaml), sentences of its default corpus
         size = {"embed_dim": 128, "num_heads": 4, "layers": 2, "ffn_dim": 512}
-        args.batch, args.src_len, args.tgt_len, args.vocab = 8, 16, 16, 400
-        args.warmup, args.steps, args.decode_batches, args.decode_len = 1, 3, [1, 4, 32], 12
+        small = dict(batch=8, src_len=16, tgt_len=16, vocab=400, warmup=1, steps=3)
+        small |= dict(decode_batches=[1, 4, 32], decode_len=12)
+        for key, value in small.items():  # a flag given explicitly keeps its value
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
     torch.manual_seed(0)
     ours = Seq2SeqTransformer(
         args.vocab,

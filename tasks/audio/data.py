@@ -630,6 +630,7 @@ def load_source(
     Returns ``{"splits": {"train" | "val" | "test": Clips}, "classes": [...], "noise": int16 (M, length) or
     None}`` (``noise``: background-noise windows for augmentation).
     """
+    core = {k: v for k, v in settings.items() if k not in HUB_SETTINGS}  # a folder's key, as before the hub
     if source == "espeak":
         import espeakng_loader
 
@@ -638,7 +639,6 @@ def load_source(
         path = None
     elif source == "speech_commands" and root is None and settings.get("hub") is not None:
         hub = {k: settings.get(k, SPEECH_COMMANDS_DEFAULTS[k]) for k in HUB_SETTINGS}
-        core = {k: v for k, v in settings.items() if k not in HUB_SETTINGS}
         stamp = f"{source}|hub:{hub['hub']}|{hub['hub_config']}|{hub['hub_revision']}|{sorted(core.items())}"
         path = None
     else:
@@ -657,7 +657,6 @@ def load_source(
             )
         files = sorted(path.rglob("*.wav")) if source == "speech_commands" else sorted(path.glob("*.wav"))
         lists = [path / n for n in ("validation_list.txt", "testing_list.txt") if (path / n).is_file()]
-        core = {k: v for k, v in settings.items() if k not in HUB_SETTINGS}  # the key of earlier versions
         stamp = f"{source}|{path.resolve()}|{_stamp(files + lists)}|{sorted(core.items())}"
     stamp += f"|{sample_rate}|{length}|{seed}"
     cache = None

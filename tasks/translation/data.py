@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tasks.common.distributed import shard_batches, train_sampler
+from tasks.common.hub import hub_failure
 
 #: special tokens, in id order: every tokenizer of this task has them at ids 0..3.
 SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -350,11 +351,9 @@ def _multi30k_from_hub(hub_name: str, src_lang: str, tgt_lang: str) -> Corpus:
         import datasets
 
         ds = datasets.load_dataset(hub_name)
-    except Exception as err:  # offline, hub error: say what to do instead
-        raise ValueError(
-            f"could not load {hub_name!r} from the hub ({type(err).__name__}: {err}); offline, "
-            "set task.data.root to a local folder of the upstream Multi30k files."
-        ) from err
+    except Exception as err:  # offline, unreachable, an unknown name: one line saying what to do instead
+        local = "task.data.root=/path/to/multi30k (the upstream .gz files; experiment=translation_multi30k)"
+        raise ValueError(hub_failure("task.data.multi30k.hub_name", hub_name, err, local)) from err
     out = {}
     for split, hub_split in (("train", "train"), ("val", "validation"), ("test", "test")):
         cols = ds[hub_split].column_names
