@@ -1,5 +1,5 @@
 """What the tasks that read Hugging Face hub datasets (``datasets.load_dataset``) share: the one-line message
-for a hub dataset that could not be loaded (used by ``tasks.vision.data`` and ``tasks.audio.data``) and the
+for a hub dataset that could not be loaded (vision, audio and translation data) and the
 form of a hub dataset name."""
 
 from __future__ import annotations
