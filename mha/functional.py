@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .masks import _check_broadcast, _check_mask_dtype, and_masks, causal_mask
+from .masks import _as_float, _check_broadcast, _check_mask_dtype, and_masks, causal_mask
 
 __all__ = ["attention", "last_backend", "force_backend", "BACKENDS"]
 
@@ -169,9 +169,12 @@ def _attend(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """``attention`` without input validation (the modules call this: their inputs are built, not given).
 
-    ``guard=False`` promises that ``mask`` leaves every query row at least one key (e.g. a key-padding mask
-    prepared by ``mha.masks.key_padding_to_sdpa``); the fully-masked-row guard (an ``any`` and two
-    ``where``) is then skipped, except for the rows a bottom-right causal mask empties (``q_len > k_len``).
+    A fully masked query row gives zeros and finite gradients: SDPA does so for an additive (0 / ``-inf``)
+    mask on every kernel, so a bool mask is given to it in that form (SDPA converts a bool mask on every
+    call anyway; cuDNN's bool path leaves such rows non-zero); FlexAttention does so itself; the eager path
+    needs a guard (an ``any`` and two ``where``).  ``guard=False`` promises that ``mask`` leaves every query
+    row at least one key (e.g. from ``mha.masks.key_padding_to_sdpa``) and skips that guard, except for the
+    rows a bottom-right causal mask empties (``q_len > k_len``).
     """
     if backend == "auto":
         flex = score_mod is not None or block_mask is not None
@@ -196,7 +199,9 @@ def _attend(
         empty_rows = empty_rows or q_len > k_len
         is_causal = False
     keep = None
-    if mask is not None and empty_rows:
+    if mask is not None and mask.dtype == torch.bool and backend not in ("eager", "flex"):
+        mask = _as_float(mask, q.dtype)
+    elif mask is not None and empty_rows and backend == "eager":
         # a fully masked row would give NaN (and NaN grads): let it attend everywhere, then zero it
         keep = mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask > -math.inf).any(-1, True)
         mask = mask | ~keep if mask.dtype == torch.bool else torch.where(keep, mask, 0.0)

@@ -94,7 +94,7 @@ def and_masks(a: Tensor | None, b: Tensor | None, dtype: torch.dtype) -> Tensor 
 
 def _as_float(mask: Tensor, dtype: torch.dtype) -> Tensor:
     if mask.dtype == torch.bool:
-        return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+        return torch.full_like(mask, float("-inf"), dtype=dtype).masked_fill_(mask, 0.0)
     return mask.to(dtype)
 
 

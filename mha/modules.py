@@ -265,13 +265,11 @@ class MultiHeadAttention(nn.Module):
             if key_padding_mask is None:
                 out = _attend(q, k, v, is_causal=is_causal, dropout_p=dropout_p, backend=self.backend)
                 return self.out_proj(out.transpose(1, 2).reshape(b, n, e)), None
-            # a sequence that is padding everywhere attends over all its keys (no NaN), then its output is
-            # zeroed: three small kernels instead of the general path's conversion and guard
-            empty = key_padding_mask.all(-1, keepdim=True)  # (B, 1)
-            allowed = (key_padding_mask <= empty).view(b, 1, 1, n)  # True = may attend
-            out = _attend(q, k, v, mask=allowed, dropout_p=dropout_p, backend=self.backend, guard=False)
-            out = out.transpose(1, 2).reshape(b, n, e).masked_fill(empty.unsqueeze(-1), 0.0)
-            return self.out_proj(out), None
+            # additive, as SDPA would make it: a sequence of padding only gets a zero attention output
+            mask = torch.zeros(b, 1, 1, n, dtype=q.dtype, device=q.device)
+            mask = mask.masked_fill_(key_padding_mask.view(b, 1, 1, n), float("-inf"))
+            out = _attend(q, k, v, mask=mask, dropout_p=dropout_p, backend=self.backend)
+            return self.out_proj(out.transpose(1, 2).reshape(b, n, e)), None
         if not isinstance(query, Tensor):
             raise TypeError(f"query must be a Tensor, got {type(query).__name__}")
         dtype = self.out_proj.weight.dtype
