@@ -92,6 +92,8 @@ def _quiet_lightning() -> None:
     for message in (
         "You have overridden `on_after_batch_transfer`",  # the task's device-side hook: intended
         r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning, fixed upstream
+        "does not have many workers",  # the data are in-memory tensors: 0 workers is right (and the default)
+        "is not supported by the model summary",  # bf16-mixed: the summary's size estimate assumes fp32
     ):
         warnings.filterwarnings("ignore", message=message)
 

@@ -34,6 +34,14 @@ def test_train_few_steps_then_resume(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Results on the test split" in proc.stdout
     assert "vision (ours)" in proc.stdout and "majority class" in proc.stdout
+    console = proc.stdout + proc.stderr
+    for noise in ("litlogger", "does not have many workers", "not supported by the model summary"):
+        assert noise not in console, f"the console shows Lightning's {noise!r} line"
+    lines = console.splitlines()
+    messages = [line.split("[INFO] - ", 1)[1] for line in lines if "[lightning" in line and "[INFO] - " in line]
+    assert "Seed set to 0" in messages
+    for message in messages:
+        assert sum(message in line for line in lines) == 1, f"printed more than once: {message!r}"
     for name in (
         "metrics.csv",
         "results.csv",
