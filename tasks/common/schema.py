@@ -1049,6 +1049,7 @@ TIMESERIES = Schema(
         "task.model.norm": One("layer", "batch"),
         "task.model.revin": Flag(),
         "task.model.revin_affine": Flag(when=is_("task.model.revin", True)),
+        "task.model.res_attention": Flag(),
     },
     rules=(
         heads_divide("task.model.d_model", "task.model.num_heads"),
