@@ -11,6 +11,10 @@ from torch import nn
 
 from mha import Encoder
 
+#: the smallest attention probability whose log is passed on by residual attention (fp32's smallest normal
+#: number, log -87.3): a weight that underflowed to 0 stays finite, and so do the gradients
+MIN_WEIGHT = torch.finfo(torch.float32).tiny
+
 
 class RevIN(nn.Module):
     """Reversible instance normalisation (Kim et al., 2022): each window and channel is shifted and scaled
@@ -74,6 +78,12 @@ class PatchTST(nn.Module):
         norm_first: pre-norm encoder layers (False: post-norm, as the paper's BatchNorm layers).
         norm: ``"layer"`` (LayerNorm) or ``"batch"`` (BatchNorm over batch and patches, the paper's choice).
         revin, revin_affine: reversible instance normalisation and its per-channel affine map.
+        res_attention: residual attention (the default of the paper's code): each layer's pre-softmax scores
+            get the previous layer's added, ``s_l = q_l k_l^T / sqrt(head_dim) + s_{l-1}``. Through mha's API:
+            layer ``l`` gets ``log(weights_{l-1})`` (the softmax probabilities, before dropout) as an additive
+            mask, which equals ``s_{l-1}`` up to a constant per row that softmax ignores. Every layer then
+            takes mha's eager path (the weights are needed), slower than the fused kernels. Weights below
+            ``MIN_WEIGHT`` (scores ~87 below their row's best) pass on ``log(MIN_WEIGHT)``.
     """
 
     def __init__(
@@ -94,6 +104,7 @@ class PatchTST(nn.Module):
         norm: str = "layer",
         revin: bool = True,
         revin_affine: bool = True,
+        res_attention: bool = False,
     ) -> None:
         super().__init__()
         if horizon < 1:
@@ -108,6 +119,7 @@ class PatchTST(nn.Module):
         if norm not in ("layer", "batch"):
             raise ValueError(f"task.model.norm={norm!r} must be 'layer' or 'batch'")
         self.lookback, self.horizon = lookback, horizon
+        self.res_attention = res_attention
         self.patch_len, self.stride = patch_len, stride
         self.num_patches = (lookback - patch_len) // stride + 2  # +1: the end padding of `stride` rows
         self.revin = RevIN(num_channels, affine=revin_affine) if revin else None
@@ -148,7 +160,7 @@ class PatchTST(nn.Module):
         """``x`` (B, lookback, C) -> forecast (B, horizon, C)."""
         batch, _, channels = x.shape
         tokens, stats = self._tokens(x)
-        h, _ = self.encoder(tokens)  # (B * C, N, d_model)
+        h, _ = self._encode(tokens)  # (B * C, N, d_model)
         y = self.head(self.head_dropout(h.flatten(1)))  # (B * C, horizon)
         y = y.view(batch, channels, self.horizon).transpose(1, 2)  # (B, horizon, C)
         return self.revin.denormalize(y, stats) if self.revin is not None else y
@@ -157,8 +169,25 @@ class PatchTST(nn.Module):
     def attention(self, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Head-averaged attention over patches of ``layer``: (B, C, N, N) for ``x`` (B, lookback, C)."""
         tokens, _ = self._tokens(x)
-        _, weights = self.encoder(tokens, need_weights=True)  # per layer (B * C, heads, N, N)
+        _, weights = self._encode(tokens, need_weights=True)  # per layer (B * C, heads, N, N)
         return weights[layer].mean(1).view(x.shape[0], x.shape[2], self.num_patches, self.num_patches)
+
+    def _encode(
+        self, tokens: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """``self.encoder`` on tokens (B * C, N, d_model) -> (tokens, per-layer weights (B * C, heads, N, N)
+        when ``need_weights``); with ``res_attention`` its layers are run here, each given the log of the
+        previous layer's weights as an additive mask, then the encoder's final norm."""
+        if not self.res_attention:
+            return self.encoder(tokens, need_weights=need_weights)
+        all_weights, log_weights = [], None
+        for layer in self.encoder.layers:
+            tokens, weights = layer(tokens, need_weights=True, sdpa_mask=log_weights)
+            # in fp32: under autocast the weights are bf16 / fp16, where MIN_WEIGHT rounds to 0 (fp16); mha
+            # casts the mask back to the attention dtype
+            log_weights = weights.float().clamp_min(MIN_WEIGHT).log()  # (B * C, heads, N, N)
+            all_weights.append(weights)
+        return self.encoder.norm(tokens), (all_weights if need_weights else None)
 
 
 def moving_average(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
