@@ -38,7 +38,9 @@ def test_train_few_steps_then_resume(tmp_path: Path):
     for noise in ("litlogger", "does not have many workers", "not supported by the model summary"):
         assert noise not in console, f"the console shows Lightning's {noise!r} line"
     lines = console.splitlines()
-    messages = [line.split("[INFO] - ", 1)[1] for line in lines if "[lightning" in line and "[INFO] - " in line]
+    messages = [
+        line.split("[INFO] - ", 1)[1] for line in lines if "[lightning" in line and "[INFO] - " in line
+    ]
     assert "Seed set to 0" in messages
     for message in messages:
         assert sum(message in line for line in lines) == 1, f"printed more than once: {message!r}"
