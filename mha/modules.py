@@ -175,11 +175,14 @@ class MultiHeadAttention(nn.Module):
                 return q, None, None
             k = F.linear(key, self.k_proj_weight, self._bias(1))
             return q, k, F.linear(value, self.v_proj_weight, self._bias(2))
-        e = self._split[0]
-        w_q, w_kv = self.in_proj_weight.split((e, self.in_proj_weight.shape[0] - e))
+        e, w, b, dev = self._split[0], self.in_proj_weight, self.in_proj_bias, query.device.type
+        if w.dtype == torch.float32 and dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+            dtype = torch.get_autocast_dtype(dev)  # cast once before the split (autocast casts every slice)
+            w, b = w.to(dtype), None if b is None else b.to(dtype)
+        w_q, w_kv = w.split((e, w.shape[0] - e))
         b_q = b_kv = None
-        if self.in_proj_bias is not None:
-            b_q, b_kv = self.in_proj_bias.split((e, self.in_proj_bias.shape[0] - e))
+        if b is not None:
+            b_q, b_kv = b.split((e, b.shape[0] - e))
         q = F.linear(query, w_q, b_q)
         if key is None:
             return q, None, None
