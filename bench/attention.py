@@ -21,9 +21,9 @@ Two tables:
 * module level, ``(batch, seq, embed)`` with projections: ``mha.MultiHeadAttention``,
   ``nn.MultiheadAttention`` with default arguments (``need_weights=True``) and with ``need_weights=False``,
   timm ``Attention``.  Ratio = their time / our time (targets fwd+bwd: >= 1.5x nn default, >= 1.0x timm).
-  With a key-padding mask, ours takes the bool mask as a user passes it (converted, with the guard that zeroes
-  a sequence of padding only, on every call), and a second row runs a layer of ``mha.Encoder``, which gets the
-  mask converted once per forward (``sdpa_mask``), as timm's row gets its mask made outside the timed call.
+  With a key-padding mask, ours takes the bool mask as a user passes it (converted to an additive mask on
+  every call), and a second row runs a layer of ``mha.Encoder``, which gets the mask converted once per
+  forward (``sdpa_mask``), as timm's row gets its mask made outside the timed call.
 FLOPs: attention ``4*B*H*N^2*D`` forward (halved when causal), backward 2.5x forward; modules add
 ``8*B*N*E^2`` forward for the projections (backward 2x). Timing: the rows of a table are timed interleaved
 (``--samples`` passes, one ~10 ms sample of every row per pass, order shuffled, two untimed warm-up calls
@@ -292,8 +292,7 @@ def kernel_rows(shape: Shape, backward: bool) -> list[dict]:
             for ref in dict.fromkeys(refs)
             if isinstance(timed[ref]["ms"], float)
         }
-    # which SDPA rows launched exactly our kernels (a noise-free check of the choice itself; a masked call
-    # adds the fully-masked-row guard's elementwise kernels to ours)
+    # which SDPA rows launched exactly our kernels (a noise-free check of the choice itself)
     same = [r["name"] for r in rows[1:] if r["name"].startswith("sdpa") and timed[r["name"]]["kernels"]]
     rows[0]["same_kernels"] = [n for n in same if timed[n]["kernels"] == ours["kernels"]]
     return rows
