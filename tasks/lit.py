@@ -100,6 +100,15 @@ class TaskModule(L.LightningModule):
             "model": _plain(self.task.model_cfg),
             "rng": rng_state(),
         }
+        if self._held is not None:  # saved mid-evaluation (SIGTERM): the trained weights, not the average
+            names = [
+                *(n for n, _ in self.model.named_parameters()),
+                *(n for n, _ in self.model.named_buffers()),
+            ]
+            weights = checkpoint["state_dict"]
+            for name, tensor in zip(names, self._held, strict=True):
+                if f"model.{name}" in weights:  # (non-persistent buffers are not saved)
+                    weights[f"model.{name}"] = tensor
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resuming: restore the random generators, so that data order, augmentation and dropout go on as

@@ -136,3 +136,18 @@ def test_checkpoint_with_an_average_needs_the_decay(tmp_path: Path):
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match="optim.ema_decay"):
         trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.last_model_path, weights_only=True)
+
+
+def test_a_checkpoint_saved_during_evaluation_holds_the_trained_weights(tmp_path: Path):
+    """SIGTERM mid-validation saves a checkpoint while the average is swapped in: ``model.*`` must still be
+    the trained weights, or the resumed run would go on from the average."""
+    module, trainer, record, _, _ = _fit(tmp_path, DECAY, max_steps=3)
+    trained = {k: v.clone() for k, v in module.model.state_dict().items()}
+    module._swap_in_average()
+    assert not all(torch.equal(v, trained[k]) for k, v in module.model.state_dict().items())
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")
+    module._swap_back()
+    state = torch.load(tmp_path / "mid.ckpt", weights_only=True)["state_dict"]
+    for k, v in trained.items():
+        assert torch.equal(state[f"model.{k}"], v)
+        assert torch.equal(state[f"ema.{k}"], module.ema.state_dict()[k])
