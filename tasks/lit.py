@@ -8,7 +8,6 @@ is the progress bar that shows ``train/loss``.
 
 from __future__ import annotations
 
-import copy
 import time
 from functools import partial
 from typing import Any
@@ -44,13 +43,7 @@ class TaskModule(L.LightningModule):
         task: the task (loss, metrics, device-side batch hook).
         model: the ``nn.Module`` to train (built by ``task.build_model``).
         optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup`` (fraction < 1 or steps),
-            ``min_lr_ratio``, ``ema_decay`` (``grad_clip`` is read by train.py and given to the Trainer).
-            With ``ema_decay`` set, an exponential moving average of the weights (buffers included) is
-            kept in ``self.ema`` and updated after every optimizer step with the decay
-            ``min(ema_decay, (1 + t) / (10 + t))`` at step ``t`` (short of its value early on, as timm's
-            and TensorFlow's EMA); validation and test run on the averaged weights, so the best
-            checkpoint is picked by them, and after ``trainer.test`` the model keeps them. Checkpoints
-            hold both (``model.*`` and ``ema.*``): a resumed run goes on with both.
+            ``min_lr_ratio`` (``grad_clip`` is read by train.py and given to the Trainer).
         compile: ``torch.compile`` the model in place (state-dict names are unchanged), and the task's
             per-batch work (``Task.compile_batch_work``).
         compile_mode: ``torch.compile`` mode of the model: ``None`` (default), ``"reduce-overhead"`` (CUDA
@@ -73,11 +66,6 @@ class TaskModule(L.LightningModule):
         for key in ("lr", "weight_decay", "warmup"):
             if key not in self.optim:
                 raise ValueError(f"optim.{key} is missing from the config (got keys {sorted(self.optim)})")
-        ema_decay = self.optim.get("ema_decay")
-        self.ema_decay = float(ema_decay) if ema_decay else None
-        # the average: a copy of the model (before torch.compile), never trained, saved as ema.*
-        self.ema = copy.deepcopy(model).requires_grad_(False) if self.ema_decay else None
-        self._held: list[torch.Tensor] | None = None  # the trained weights while the average is swapped in
         if compile:
             self.model.compile(mode=compile_mode)
             task.compile_batch_work()
@@ -100,85 +88,13 @@ class TaskModule(L.LightningModule):
             "model": _plain(self.task.model_cfg),
             "rng": rng_state(),
         }
-        if self._held is not None:  # saved mid-evaluation (SIGTERM): the trained weights, not the average
-            names = [
-                *(n for n, _ in self.model.named_parameters()),
-                *(n for n, _ in self.model.named_buffers()),
-            ]
-            weights = checkpoint["state_dict"]
-            for name, tensor in zip(names, self._held, strict=True):
-                if f"model.{name}" in weights:  # (non-persistent buffers are not saved)
-                    weights[f"model.{name}"] = tensor
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resuming: restore the random generators, so that data order, augmentation and dropout go on as
         in a run that was never stopped."""
-        self._load_ema_state(checkpoint)
         rng = (checkpoint.get(TASK_KEY) or {}).get("rng")
         if rng is not None and self._trainer is not None and self.trainer.state.fn == "fit":
             set_rng_state(rng)
-
-    def _load_ema_state(self, checkpoint: dict[str, Any]) -> None:
-        """A checkpoint written without ``optim.ema_decay`` starts the average at its weights; one written
-        with it cannot be loaded without it."""
-        state = checkpoint["state_dict"]
-        has_ema = any(k.startswith("ema.") for k in state)
-        if self.ema is not None and not has_ema:
-            for key in [k for k in state if k.startswith("model.")]:
-                state["ema." + key.removeprefix("model.").replace("_orig_mod.", "", 1)] = state[key]
-        elif self.ema is None and has_ema:
-            raise ValueError(
-                "the checkpoint holds an average of the weights (it was trained with optim.ema_decay set): "
-                "load it with the same optim.ema_decay"
-            )
-
-    def _ema_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Floating-point parameters and buffers of the average and of the model, in the same order."""
-        assert self.ema is not None
-        averages = [*self.ema.parameters(), *self.ema.buffers()]
-        return averages, [*self.model.parameters(), *self.model.buffers()]
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        t = self.trainer.global_step  # this step's index (restored on resume)
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is None:
-            return
-        decay = min(self.ema_decay, (1 + t) / (10 + t))
-        averages, current = self._ema_tensors()
-        floats = [i for i, a in enumerate(averages) if a.is_floating_point()]
-        with torch.no_grad():
-            torch._foreach_lerp_([averages[i] for i in floats], [current[i] for i in floats], 1.0 - decay)
-            for i in set(range(len(averages))) - set(floats):  # BatchNorm's step counters
-                averages[i].copy_(current[i])
-
-    def _swap_in_average(self) -> None:
-        """Hold the trained weights aside and put the average in their place (in place: the tensors a
-        compiled or CUDA-graphed model reads stay the same)."""
-        if self.ema is None or self._held is not None:
-            return
-        averages, current = self._ema_tensors()
-        with torch.no_grad():
-            self._held = [t.clone() for t in current]
-            torch._foreach_copy_(current, averages)
-
-    def _swap_back(self) -> None:
-        if self._held is None:
-            return
-        _, current = self._ema_tensors()
-        with torch.no_grad():
-            torch._foreach_copy_(current, self._held)
-        self._held = None
-
-    def on_validation_start(self) -> None:
-        self._swap_in_average()
-
-    def on_validation_epoch_end(self) -> None:
-        # before on_validation_end, where ModelCheckpoint saves: checkpoints hold the trained weights
-        self._swap_back()
-
-    def on_test_start(self) -> None:
-        self._swap_in_average()
-        self._held = None  # the model keeps the average after the test (the artifacts use them)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self._trainer is not None and self.trainer.training

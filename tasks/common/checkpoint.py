@@ -244,14 +244,11 @@ def read_model_card(
 
 def model_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The model's weights from a ``train.py`` checkpoint (keys without the ``model.`` prefix; a compiled
-    model's ``_orig_mod.`` is dropped too): the moving average (``ema.*``, with ``optim.ema_decay``) where
-    the checkpoint has one, as validation and test used it."""
-    weights = state["state_dict"]
-    prefix = "ema." if any(key.startswith("ema.") for key in weights) else "model."
+    model's ``_orig_mod.`` is dropped too)."""
     out = {}
-    for key, value in weights.items():
-        if key.startswith(prefix):
-            out[key.removeprefix(prefix).replace("_orig_mod.", "", 1)] = value
+    for key, value in state["state_dict"].items():
+        if key.startswith("model."):
+            out[key.removeprefix("model.").replace("_orig_mod.", "", 1)] = value
     return out
 
 

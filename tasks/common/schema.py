@@ -529,7 +529,6 @@ ROOT = Schema(
         "optim.warmup": Float(0, hint="a fraction (< 1) of all steps, or a number of steps (>= 1)"),
         "optim.min_lr_ratio": Float(0, 1),
         "optim.grad_clip": Float(0, low_open=True, null=True),
-        "optim.ema_decay": Fraction(null=True, hint="e.g. 0.999; null: no average of the weights"),
         "trainer._target_": Text(),
         "trainer.accelerator": One("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
         "trainer.devices": AnyOf(Int(1), Int(-1, -1), One("auto"), List(Int(0), min_length=1)),

@@ -103,11 +103,10 @@ class Translator:
 
 
 def _model_state(state: dict[str, Any], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights from a Lightning checkpoint (``state_dict`` keys ``model.*``, or ``ema.*``: the
-    moving average, preferred where there is one) or a state dict."""
+    """The model's weights from a Lightning checkpoint (``state_dict`` keys ``model.*``) or a state dict."""
     sd = state.get("state_dict", state)
     keys = set(model.state_dict())
-    for prefix in ("ema.", "model.", "model._orig_mod.", ""):
+    for prefix in ("model.", "model._orig_mod.", ""):
         sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
         if keys <= set(sub):
             return {k: sub[k] for k in keys}

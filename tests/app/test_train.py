@@ -173,12 +173,6 @@ _RESUME_RUNS = {
         "task.model.dropout=0.1",  # dropout and MixUp draw random numbers in every step
         "task.augment.mixup_alpha=0.2",
     ],
-    "vision_ema": [  # the moving average of the weights goes on from the checkpoint too
-        *TINY_VISION,
-        "trainer.val_check_interval=null",
-        "task.model.dropout=0.1",
-        "optim.ema_decay=0.9",
-    ],
     "translation": [
         *TINY_TRANSLATION,
         "task.data.numbers.train_size=512",  # 4 steps an epoch
