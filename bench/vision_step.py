@@ -47,6 +47,8 @@ VARIANTS = {
     "tok256_d7": (TOK256, 512, False, None),
     "linear": ({"stem_channels": []}, 512, False, None),
     "current_ro": ({}, 512, False, RO),
+    "current_b256_ro": ({}, 256, False, RO),
+    "current_b128_ro": ({}, 128, False, RO),
     "tok256_ro": (TOK256, 512, False, RO),
     "stem64_256_ro": ({"stem_channels": [64, 256]}, 512, False, RO),
     "w384_ro": ({"embed_dim": 384, "num_heads": 6}, 512, False, RO),
