@@ -34,6 +34,14 @@ log = logging.getLogger("train")
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)  # a sweep: one value
 
 
+def cpu_share(cores: int, trainer: Any) -> int:
+    """Torch threads of each process of a CPU run when ``cpu_threads`` is null: ``cores`` (torch's default,
+    one per physical core) shared among the processes that ``trainer`` starts on this host (DDP)."""
+    devices = trainer.get("devices", 1)
+    processes = devices if "ddp" in str(trainer.get("strategy", "")) and isinstance(devices, int) else 1
+    return max(1, cores // max(1, processes))
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, dict[str, float]] | float | None:
     """``train(cfg)``; an error raised by the project's own checks (a bad value, file or checkpoint) is one
@@ -152,8 +160,8 @@ def train(cfg: DictConfig, monitored: dict[str, Any] | None = None) -> dict[str,
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.matmul_precision)
-    elif cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
+    else:
+        torch.set_num_threads(cfg.cpu_threads or cpu_share(torch.get_num_threads(), cfg.trainer))
 
     run = RunContext(
         name=name,
