@@ -287,3 +287,15 @@ def test_readme_sweep_commands_run(tmp_path: Path, command: str):
     proc = run_train([*args, *extra], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(tmp_path.glob("multirun/*/*/sweep.csv")), "no sweep.csv"
+
+
+def test_cpu_share_splits_the_cores_among_ddp_processes():
+    """cpu_threads=null: a one-process CPU run takes every core; DDP processes on the host share them."""
+    from train import cpu_share
+
+    assert cpu_share(8, {"devices": 1}) == 8
+    assert cpu_share(8, {"devices": "auto", "strategy": "ddp"}) == 8  # the process count is not known here
+    assert cpu_share(8, {"devices": 2, "strategy": "ddp"}) == 4
+    assert cpu_share(8, {"devices": 3, "strategy": "ddp_spawn"}) == 2
+    assert cpu_share(2, {"devices": 4, "strategy": "ddp"}) == 1  # never below one thread
+    assert cpu_share(8, {"devices": 4}) == 8  # no DDP strategy: one process
