@@ -34,6 +34,9 @@ log = logging.getLogger("train")
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)  # a sweep: one value
 
 
+_TORCH_THREADS: list[int] = []  # torch's default thread count in this process, once read
+
+
 def cpu_share(cores: int, trainer: Any) -> int:
     """Torch threads of each process of a CPU run when ``cpu_threads`` is null: ``cores`` (torch's default,
     one per physical core) shared among the processes that ``trainer`` starts on this host (DDP)."""
@@ -161,7 +164,9 @@ def train(cfg: DictConfig, monitored: dict[str, Any] | None = None) -> dict[str,
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.matmul_precision)
     else:
-        torch.set_num_threads(cfg.cpu_threads or cpu_share(torch.get_num_threads(), cfg.trainer))
+        if not _TORCH_THREADS:  # torch's own default, read before a run here changes it
+            _TORCH_THREADS.append(torch.get_num_threads())
+        torch.set_num_threads(cfg.cpu_threads or cpu_share(_TORCH_THREADS[0], cfg.trainer))
 
     run = RunContext(
         name=name,
