@@ -34,17 +34,6 @@ log = logging.getLogger("train")
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)  # a sweep: one value
 
 
-_TORCH_THREADS: list[int] = []  # torch's default thread count in this process, once read
-
-
-def cpu_share(cores: int, trainer: Any) -> int:
-    """Torch threads of each process of a CPU run when ``cpu_threads`` is null: ``cores`` (torch's default,
-    one per physical core) shared among the processes that ``trainer`` starts on this host (DDP)."""
-    devices = trainer.get("devices", 1)
-    processes = devices if "ddp" in str(trainer.get("strategy", "")) and isinstance(devices, int) else 1
-    return max(1, cores // max(1, processes))
-
-
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, dict[str, float]] | float | None:
     """``train(cfg)``; an error raised by the project's own checks (a bad value, file or checkpoint) is one
@@ -163,10 +152,8 @@ def train(cfg: DictConfig, monitored: dict[str, Any] | None = None) -> dict[str,
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.matmul_precision)
-    else:
-        if not _TORCH_THREADS:  # torch's own default, read before a run here changes it
-            _TORCH_THREADS.append(torch.get_num_threads())
-        torch.set_num_threads(cfg.cpu_threads or cpu_share(_TORCH_THREADS[0], cfg.trainer))
+    elif cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
 
     run = RunContext(
         name=name,

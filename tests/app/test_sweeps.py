@@ -289,13 +289,25 @@ def test_readme_sweep_commands_run(tmp_path: Path, command: str):
     assert list(tmp_path.glob("multirun/*/*/sweep.csv")), "no sweep.csv"
 
 
-def test_cpu_share_splits_the_cores_among_ddp_processes():
-    """cpu_threads=null: a one-process CPU run takes every core; DDP processes on the host share them."""
-    from train import cpu_share
+def test_ddp_on_cpu_shares_the_cores(monkeypatch: pytest.MonkeyPatch):
+    """cpu_threads=null leaves torch's one thread per core; under DDP on a CPU, Lightning's launcher shares
+    the cores among the processes (train.py relies on this and sets no threads of its own)."""
+    import os
 
-    assert cpu_share(8, {"devices": 1}) == 8
-    assert cpu_share(8, {"devices": "auto", "strategy": "ddp"}) == 8  # the process count is not known here
-    assert cpu_share(8, {"devices": 2, "strategy": "ddp"}) == 4
-    assert cpu_share(8, {"devices": 3, "strategy": "ddp_spawn"}) == 2
-    assert cpu_share(2, {"devices": 4, "strategy": "ddp"}) == 1  # never below one thread
-    assert cpu_share(8, {"devices": 4}) == 8  # no DDP strategy: one process
+    import torch
+    from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        _set_num_threads_if_needed(num_processes=2)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        assert torch.get_num_threads() == max(1, cores // 2)
+        _set_num_threads_if_needed(num_processes=4 * cores)
+        assert torch.get_num_threads() == max(1, cores // 2)  # OMP_NUM_THREADS now set: left alone
+        os.environ.pop("OMP_NUM_THREADS")
+        _set_num_threads_if_needed(num_processes=4 * cores)
+        assert torch.get_num_threads() == 1  # more processes than cores: never below one thread
+    finally:
+        torch.set_num_threads(before)
+        os.environ.pop("OMP_NUM_THREADS", None)
