@@ -12,6 +12,14 @@ config), the others the default mode with the augmentation eager.
     python bench/vision_step.py                                   # every variant
     python bench/vision_step.py --variants current,current_ro     # the recipe's model, both modes
     python bench/vision_step.py --variants current --profile      # + a torch.profiler table of 10 steps
+    python bench/vision_step.py --variants current_ro --trainer-epochs 20 --data-dir /path/to/data
+
+``--trainer-epochs N`` also runs each variant under the trainer, as a user does (``python train.py
+experiment=vision_cifar10 paths.data_dir=... trainer.max_epochs=N`` with the variant's overrides: loader,
+Lightning loop, logging, validation every 10 epochs), on the same GPU right after its bare timing, and
+reports the median training epoch of its ``metrics.csv`` per step beside the bare step (``trainer_ratio``;
+issue target <= 1.15). Lightning's epoch includes the epochs' validation only every 10th epoch, which the
+median skips.
 
 Prints one JSON line per variant: ms per step, img/s, seconds per 49k-image epoch, augmentation ms, compile
 seconds, parameters. Needs a CUDA GPU. Use ``--profile`` with one variant per process: a profile leaves CUPTI
@@ -22,8 +30,12 @@ attached and slows every later launch of the process, and with CUDA graphs PyTor
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -130,6 +142,46 @@ def measure(name: str, cfg: dict, steps: int, profile: bool) -> dict:
     }
 
 
+def _hydra(value: object) -> str:
+    """A value as a Hydra command-line override (lists without spaces)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(str, value)) + "]"
+    return "null" if value is None else str(value)
+
+
+def trainer_step(overrides: list[str]) -> dict:
+    """Run ``python train.py <overrides>`` in a fresh run folder and read its ``metrics.csv``: the median
+    training epoch (``train/epoch_time_s``, the first epoch with its compile left out) and the steps per
+    epoch (the difference of consecutive epochs' steps)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "train.py", *overrides, "trainer.enable_progress_bar=false"]
+        cmd.append(f"hydra.run.dir={tmp}")
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        with open(Path(tmp) / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("train/epoch_time_s")]
+        ends = [(int(r["step"]), float(r["train/epoch_time_s"])) for r in rows]
+    if len(ends) < 3:
+        raise ValueError(f"need >= 3 training epochs to time the trainer, got {len(ends)}")
+    steps = statistics.median(b[0] - a[0] for a, b in zip(ends[:-1], ends[1:], strict=True))
+    epoch_s = statistics.median(t for _, t in ends[1:])
+    return {"trainer_s_epoch": epoch_s, "trainer_ms_step": epoch_s / steps * 1e3, "steps_per_epoch": steps}
+
+
+def trainer_overrides(experiment: str, name: str, data_dir: str, epochs: int) -> list[str]:
+    """The ``train.py`` overrides that run variant ``name`` of ``experiment`` for ``epochs`` epochs."""
+    over, batch, _, mode = VARIANTS[name]
+    return [
+        f"experiment={experiment}",
+        f"paths.data_dir={data_dir}",
+        f"trainer.max_epochs={epochs}",
+        f"task.data.batch_size={batch}",
+        f"compile_mode={_hydra(mode)}",
+        *(f"task.model.{k}={_hydra(v)}" for k, v in over.items()),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -138,7 +190,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per variant")
     parser.add_argument("--profile", action="store_true", help="profile 10 steps of the first variant")
     parser.add_argument("--experiment", default="vision_cifar10", help="the recipe in conf/experiment/")
+    parser.add_argument("--trainer-epochs", type=int, default=0, help="also time N epochs under train.py")
+    parser.add_argument("--data-dir", help="paths.data_dir for --trainer-epochs (holds cifar10-jpg.tar.gz)")
     args = parser.parse_args()
+    if args.trainer_epochs and not args.data_dir:
+        raise SystemExit("--trainer-epochs needs --data-dir /path/to/data (the folder of cifar10-jpg.tar.gz)")
     if not torch.cuda.is_available():
         raise SystemExit("bench/vision_step.py needs a CUDA GPU")
     names = args.variants.split(",")
@@ -151,8 +207,12 @@ def main() -> None:
     cfg = recipe(args.experiment)
     for i, name in enumerate(names):
         result = measure(name, cfg, args.steps, args.profile and i == 0)
-        print(name, json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)
         torch.cuda.empty_cache()
+        if args.trainer_epochs and not VARIANTS[name][2]:  # (train.py has no channels_last)
+            run = trainer_overrides(args.experiment, name, args.data_dir, args.trainer_epochs)
+            result |= trainer_step(run)
+            result["trainer_ratio"] = result["trainer_ms_step"] / result["ms_step"]
+        print(name, json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)
 
 
 if __name__ == "__main__":
