@@ -18,8 +18,8 @@ config), the others the default mode with the augmentation eager.
 experiment=vision_cifar10 paths.data_dir=... trainer.max_epochs=N`` with the variant's overrides: loader,
 Lightning loop, logging, validation every 10 epochs), on the same GPU right after its bare timing, and
 reports the median training epoch of its ``metrics.csv`` per step beside the bare step (``trainer_ratio``;
-issue target <= 1.15). Lightning's epoch includes the epochs' validation only every 10th epoch, which the
-median skips.
+target <= 1.15). An epoch that validates (every 10th) counts its validation too; the median leaves those out.
+Variants with ``channels_last`` are timed bare only (``train.py`` has no such option).
 
 Prints one JSON line per variant: ms per step, img/s, seconds per 49k-image epoch, augmentation ms, compile
 seconds, parameters. Needs a CUDA GPU. Use ``--profile`` with one variant per process: a profile leaves CUPTI
@@ -208,7 +208,7 @@ def main() -> None:
     for i, name in enumerate(names):
         result = measure(name, cfg, args.steps, args.profile and i == 0)
         torch.cuda.empty_cache()
-        if args.trainer_epochs and not VARIANTS[name][2]:  # (train.py has no channels_last)
+        if args.trainer_epochs and not VARIANTS[name][2]:
             run = trainer_overrides(args.experiment, name, args.data_dir, args.trainer_epochs)
             result |= trainer_step(run)
             result["trainer_ratio"] = result["trainer_ms_step"] / result["ms_step"]
